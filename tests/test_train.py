@@ -1,0 +1,234 @@
+"""Training stage on the tiny Llama: both roles, masking, adapter files, cache hits, Ctrl-C, --from-dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import pytest
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from sstm import train as tr
+from sstm.cli import app
+from sstm.data import load_rows
+from sstm.data.chat import collate, encode_example
+from sstm.errors import SSTMError
+from sstm.models import load_base
+from sstm.registry import Registry
+
+runner = CliRunner()
+pytestmark = [pytest.mark.filterwarnings("ignore:.*tied layer is part of the adapter"),
+              pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")]
+
+
+def tiny_cfg(model_dir, role: str, **kw) -> tr.TrainConfig:
+    args = dict(role=role, model=str(model_dir), samples=8, max_len=256, batch_size=4, epochs=2, lr=1e-2,
+                device="cpu")
+    return tr.TrainConfig(**(args | kw))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir):
+    """A registry with one utility and one safety adapter trained on the tiny model (shared by this module)."""
+    home = tmp_path_factory.mktemp("train-home")
+    reg = Registry(home)
+    return reg, {role: tr.train(reg, tiny_cfg(tiny_model_dir, role)) for role in tr.ROLES}
+
+
+def first_batch(reg, art, tok, n=4):
+    rows = load_rows(reg.get(art.inputs["data"]))
+    examples, _ = tr.encode_rows(tok, rows, art.params["max_len"])
+    return collate(examples[:n], tok.pad_token_id)
+
+
+@pytest.mark.parametrize("role", tr.ROLES)
+def test_train_role(trained, role):
+    from peft import PeftModel
+
+    reg, arts = trained
+    art = arts[role]
+    assert art.kind == "adapter" and art.params["role"] == role
+    assert art.params["rank"] == 16 and art.params["alpha"] == 32
+    assert art.params["target_modules"] == sorted(tr.TARGET_MODULES)
+    assert set(art.inputs) == {"base", "data"} and reg.get(art.inputs["data"]).label == f"{role}/train"
+    assert art.metrics["loss_final"] < art.metrics["loss_initial"]
+    assert art.metrics["train_steps"] == 4
+
+    # only LoRA tensors, lm_head included (save_embedding_layers=False)
+    with safe_open(str(art.path / "adapter_model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and all(".lora_A." in k or ".lora_B." in k for k in keys)
+    assert any("lm_head.lora_B" in k for k in keys)
+    assert json.loads((art.path / "adapter_config.json").read_text())["r"] == 16
+
+    # the saved adapter loads with PEFT, changes the logits and lowers the loss on a training batch
+    base = reg.get(art.inputs["base"])
+    model, tok = load_base(base)
+    batch = first_batch(reg, art, tok)
+    with torch.no_grad():
+        before = model(**batch)
+    model = PeftModel.from_pretrained(model, art.path).eval()
+    with torch.no_grad():
+        after = model(**batch)
+    assert not torch.allclose(before.logits, after.logits, atol=1e-4)
+    assert after.loss.item() < before.loss.item()
+    assert after.loss.item() == pytest.approx(art.metrics["loss_final"], rel=1e-4)
+
+
+def test_same_inputs_cache_hit(trained, tiny_model_dir, monkeypatch):
+    reg, arts = trained
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again although the inputs are the same")
+
+    monkeypatch.setattr(tr, "fit", no_training)
+    again = tr.train(reg, tiny_cfg(tiny_model_dir, "safety"))
+    assert again.id == arts["safety"].id
+    # any change of a training parameter is a different adapter
+    with pytest.raises(AssertionError, match="trained again"):
+        tr.train(reg, tiny_cfg(tiny_model_dir, "safety", lr=5e-3))
+
+
+def test_response_only_masking(tiny_model_dir):
+    from tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    row = {"prompt": "Tell me about the weather.", "response": "The document does not contain that information."}
+    enc = encode_example(tok, row, max_len=512)
+    labelled = [t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != -100]
+    assert tok.decode(labelled) == row["response"] + "<|im_end|>\n"
+    n_prompt = enc["labels"].index(next(lab for lab in enc["labels"] if lab != -100))
+    assert tok.decode(enc["input_ids"][:n_prompt]).endswith("<|im_start|>assistant\n")
+    assert enc["labels"][n_prompt:] == enc["input_ids"][n_prompt:]
+
+    # the training loss is the mean cross-entropy over exactly those tokens; padding counts for nothing
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    short = encode_example(tok, {"prompt": "hi", "response": "ok"}, max_len=512)
+    batch = collate([enc, short], tok.pad_token_id)
+    assert batch["attention_mask"][1].sum() == len(short["input_ids"])
+    with torch.no_grad():
+        out = model(**batch)
+    logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
+    keep = labels != -100
+    manual = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+    assert out.loss.item() == pytest.approx(manual.item(), rel=1e-5)
+    assert keep.sum() == len(labelled) + sum(lab != -100 for lab in short["labels"])
+
+
+def test_ctrl_c_leaves_nothing(reg, tiny_model_dir, monkeypatch, tmp_path):
+    from transformers import Trainer
+
+    def interrupted(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    scratch_before = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("sstm-trainer-")}
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(reg, tiny_cfg(tiny_model_dir, "utility"))
+    assert reg.list("adapter") == []
+    adapter_dir = reg.root / "adapter"
+    assert not adapter_dir.exists() or not list(adapter_dir.iterdir())
+    assert {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("sstm-trainer-")} == scratch_before
+    assert os.listdir(cwd) == []  # Trainer wrote nothing into the working directory
+
+
+def test_config_errors(reg, tiny_model_dir):
+    with pytest.raises(SSTMError, match="--role"):
+        tr.train(reg, tiny_cfg(tiny_model_dir, "both"))
+    with pytest.raises(SSTMError, match="--rank 0"):
+        tr.train(reg, tiny_cfg(tiny_model_dir, "utility", rank=0))
+    with pytest.raises(SSTMError, match="--dtype"):
+        tr.train(reg, tiny_cfg(tiny_model_dir, "utility", dtype="int8"))
+    assert tr.quick("safety").samples == tr.QUICK["samples"]
+
+
+# --------------------------------------------------------------------------- --from-dir
+
+
+def test_register_adapter_dir(trained, reg, tiny_base):
+    from peft import PeftModel
+
+    _, arts = trained
+    art = tr.register_adapter_dir(reg, arts["utility"].path, "utility", tiny_base)
+    assert art.kind == "adapter" and art.inputs == {"base": tiny_base.id}
+    assert art.params["target_modules"] == sorted(tr.TARGET_MODULES) and art.params["rank"] == 16
+    assert tr.register_adapter_dir(reg, arts["utility"].path, "utility", tiny_base).id == art.id
+    model, _ = load_base(tiny_base)
+    PeftModel.from_pretrained(model, art.path)
+
+
+def test_register_adapter_dir_strips_embedding_copies(reg, tiny_base, tmp_path):
+    from peft import get_peft_model
+
+    model, _ = load_base(tiny_base)
+    peft_model = get_peft_model(model, tr.lora_config(tr.TrainConfig(role="safety", rank=4)))
+    peft_model.save_pretrained(tmp_path / "a", save_embedding_layers=True)
+    with safe_open(str(tmp_path / "a" / "adapter_model.safetensors"), framework="pt") as f:
+        assert any(".lora_" not in k for k in f.keys())
+    art = tr.register_adapter_dir(reg, tmp_path / "a", "safety", tiny_base)
+    with safe_open(str(art.path / "adapter_model.safetensors"), framework="pt") as f:
+        assert all(".lora_" in k for k in f.keys())
+    assert art.params["rank"] == 4
+
+
+def test_register_adapter_dir_wrong_base(trained, reg, tmp_path):
+    from tiny import build_model, build_tokenizer
+
+    from sstm.models import resolve_base
+
+    tok = build_tokenizer()
+    wide = build_model(len(tok), hidden=64)
+    wide.save_pretrained(tmp_path / "wide")
+    tok.save_pretrained(tmp_path / "wide")
+    other = resolve_base(reg, str(tmp_path / "wide"))
+    _, arts = trained
+    with pytest.raises(SSTMError, match="in_features 64|out_features 64|another base model"):
+        tr.register_adapter_dir(reg, arts["safety"].path, "safety", other)
+    assert reg.list("adapter") == []
+
+
+def test_register_adapter_dir_errors(reg, tiny_base, tmp_path):
+    with pytest.raises(SSTMError, match="not a directory"):
+        tr.register_adapter_dir(reg, tmp_path / "nope", "safety", tiny_base)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SSTMError, match="no adapter_config.json"):
+        tr.register_adapter_dir(reg, tmp_path / "empty", "safety", tiny_base)
+    d = tmp_path / "cfg"
+    d.mkdir()
+    (d / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    with pytest.raises(SSTMError, match="no adapter_model.safetensors"):
+        tr.register_adapter_dir(reg, d, "safety", tiny_base)
+    (d / "adapter_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SSTMError, match="not a readable safetensors"):
+        tr.register_adapter_dir(reg, d, "safety", tiny_base)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_train_and_from_dir(home, tiny_model_dir, trained, tmp_path):
+    args = ["train", "--role", "utility", "--model", str(tiny_model_dir), "--samples", "4", "--max-len", "256",
+            "--epochs", "1", "--device", "cpu", "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0
+    assert json.loads(first.stdout)["id"] == json.loads(second.stdout)["id"]
+    assert "cache hit adapter" in second.stderr
+
+    _, arts = trained
+    r = runner.invoke(app, ["train", "--role", "safety", "--model", str(tiny_model_dir), "--from-dir",
+                            str(arts["safety"].path)])
+    assert r.exit_code == 0 and "adapter " in r.stdout
+    r = runner.invoke(app, ["train", "--role", "safety", "--model", str(tiny_model_dir), "--from-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "no adapter_config.json" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["train", "--role", "safety", "--model", str(tiny_model_dir), "--batch-size", "0"])
+    assert r.exit_code == 2 and "--batch-size 0" in r.output

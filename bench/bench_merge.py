@@ -15,7 +15,7 @@ passed with --utility/--safety. Rows: the embedded RepliQA-style and jailbreak
 generators (sstm.data.utility / sstm.data.safety), train split, jailbreak templates
 capped at max_len/3 tokens so that every refusal fits.
 
-    .venv/bin/python bench/bench_merge.py [--samples 8] [--batch-size 4] [--max-len 128] [--reps 2]
+    .venv/bin/python bench/bench_merge.py [--samples 32] [--batch-size 4] [--max-len 128] [--reps 3]
 
 Prints a table and writes bench/results/merge.json. Uses $SSTM_HOME, or bench/.home,
 as registry home (the SmolLM2 conversion is cached there). Each run registers fresh
@@ -115,10 +115,10 @@ def merge_cost(reg, u, s, samples, batch_size, max_len) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=8, help="Fisher rows per role in the merge timing")
+    ap.add_argument("--samples", type=int, default=32, help="Fisher rows per role in the merge timing (the quick pipeline's)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-len", type=int, default=128)
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--utility", help="trained utility adapter id (default: random-init r=16)")
     ap.add_argument("--safety", help="trained safety adapter id (default: random-init r=16)")
     args = ap.parse_args()

@@ -12,7 +12,8 @@ paths alternating step by step so that both see the same load on a shared machin
   * bare: forward, backward, ``torch.optim.AdamW`` step, zero_grad, run (and timed)
     inside the Trainer's ``on_step_end`` callback, after the Trainer's step was timed.
 
-Throughput = positions (4 x 256 per step) / summed step seconds; ratio = sstm / bare.
+Throughput = positions (4 x 256 per step) / median step seconds (the median, because a
+shared CPU shows occasional 10x slow steps under load); ratio = sstm / bare.
 Then the wall time of the CLI command ``sstm train --role safety --quick --device cpu``
 in a fresh registry home whose base model is already converted (so the time is
 data + training + saving, as in the pipeline after its first run).
@@ -30,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,9 +167,11 @@ def main() -> None:
         "batch": f"{BATCH} x {WIDTH} positions", "real_tokens_per_step": round(real_tokens, 1),
         "timed_steps": args.steps,
         "sstm_trainer": {"step_seconds": [round(t, 3) for t in t_sstm],
-                         "positions_per_s": round(positions * len(t_sstm) / sum(t_sstm), 1)},
+                         "positions_per_s": round(positions / statistics.median(t_sstm), 1),
+                         "real_tokens_per_s": round(real_tokens / statistics.median(t_sstm), 1)},
         "bare_loop": {"step_seconds": [round(t, 3) for t in t_bare],
-                      "positions_per_s": round(positions * len(t_bare) / sum(t_bare), 1)},
+                      "positions_per_s": round(positions / statistics.median(t_bare), 1),
+                      "real_tokens_per_s": round(real_tokens / statistics.median(t_bare), 1)},
     }
     result["throughput_ratio_sstm_over_bare"] = round(
         result["sstm_trainer"]["positions_per_s"] / result["bare_loop"]["positions_per_s"], 3)
@@ -175,11 +179,12 @@ def main() -> None:
     console = Console()
     table = Table(title=f"LoRA SFT step throughput, SmolLM2-135M, {BATCH}x{WIDTH}, cpu, "
                         f"{torch.get_num_threads()} threads, {args.steps} timed steps")
-    for c in ("path", "mean step s", "tokens/s (positions)"):
+    for c in ("path", "median step s", "tokens/s (positions)", "real tokens/s"):
         table.add_column(c, justify="right" if c != "path" else "left")
     for name, key in (("sstm Trainer", "sstm_trainer"), ("bare PEFT+torch", "bare_loop")):
         r = result[key]
-        table.add_row(name, f"{sum(r['step_seconds']) / len(r['step_seconds']):.2f}", f"{r['positions_per_s']:.0f}")
+        med = statistics.median(r["step_seconds"])
+        table.add_row(name, f"{med:.2f}", f"{r['positions_per_s']:.0f}", f"{real_tokens / med:.0f}")
     console.print(table)
     console.print(f"ratio sstm/bare = {result['throughput_ratio_sstm_over_bare']:.3f}")
 

@@ -319,7 +319,9 @@ def fisher_cmd(
     """Empirical Fisher (r²×r² per module) of an adapter in the safety adapter's core coordinates."""
     from sstm.fisher import FisherConfig, fisher
 
-    art = fisher(registry(), FisherConfig(adapter, role, basis, samples, batch_size, max_len, data, seed, device, dtype))
+    cfg = FisherConfig(adapter=adapter, role=role, basis=basis, samples=samples, batch_size=batch_size,
+                       max_len=max_len, data=data, seed=seed, device=device, dtype=dtype)
+    art = fisher(registry(), cfg)
     out.print(f"{art.id}  {art.label}  samples_used={art.metrics.get('samples_used', 0):g}")
 
 
@@ -348,9 +350,10 @@ def merge_sst(
     """SST-Merge: add only the safety directions that matter for safety but not for utility (GEVP on two Fishers)."""
     from sstm.merge.sst import SSTConfig, sst_merge
 
-    cfg = SSTConfig(utility, safety, _csv_list(k, int, "--k"), _csv_list(w, float, "--w"), samples, damping,
-                    str(layer_weights) if layer_weights else None, batch_size, max_len, utility_data, safety_data,
-                    seed, device, dtype)
+    cfg = SSTConfig(utility=utility, safety=safety, k=_csv_list(k, int, "--k"), w=_csv_list(w, float, "--w"),
+                    samples=samples, damping=damping, layer_weights=str(layer_weights) if layer_weights else None,
+                    batch_size=batch_size, max_len=max_len, utility_data=utility_data, safety_data=safety_data,
+                    seed=seed, device=device, dtype=dtype)
     _print_merged(sst_merge(registry(), cfg))
 
 
@@ -381,7 +384,8 @@ def _baseline_command(name: str) -> None:
         from sstm.merge.baselines import BaselineConfig, baseline_merge
 
         params = {p: kw[p] for p in method.params}
-        cfg = BaselineConfig(name, kw["utility"], kw["safety"], _csv_list(kw["w"], float, "--w"), params, kw.get("seed"))
+        cfg = BaselineConfig(method=name, utility=kw["utility"], safety=kw["safety"], w=_csv_list(kw["w"], float, "--w"),
+                             params=params, seed=kw.get("seed"))
         _print_merged(baseline_merge(registry(), cfg))
 
     run.__signature__ = inspect.Signature(sig)

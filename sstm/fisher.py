@@ -104,6 +104,8 @@ def core_coords(f: LoraFactors, m: str, QB: torch.Tensor, QA: torch.Tensor) -> t
 def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """L_i = mean over response tokens of −log p(x_{t+1} | x_≤t); labels −100 are ignored. Shape (batch,)."""
     logits, target = logits[:, :-1], labels[:, 1:]
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     mask = target != -100
     nll = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"

@@ -44,13 +44,13 @@ from sstm.data.chat import collate, encode_example
 from sstm.errors import SSTMError
 from sstm.models import DTYPES, EMBEDDED, load_base, pick_device, resolve_base
 from sstm.registry import Artifact, Registry, artifact_id, canonical_json, code_fingerprint, sha256_file
-from sstm.ui import info, progress, warn
+from sstm.ui import progress, warn
 
 ROLES = ("utility", "safety")
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 CODE = ("train.py", "data/chat.py")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# Share of the context budget a jailbreak template may use; the rest holds the request and the refusal.
+# Tokens of --max-len kept for the chat markup, the request and the refusal; a jailbreak
+# template of the embedded safety data may use the rest (max_template_tokens = max_len - this).
 RESERVED_TOKENS = 128
 
 # The quick setting (`sstm run --quick`): both adapters train in about 4 minutes on 2 CPU cores.
@@ -195,6 +195,8 @@ def _training_arguments(cfg: TrainConfig, device: str, output_dir: str):
 
     if cfg.dtype in ("float16", "fp16") and not device.startswith("cuda"):
         raise SSTMError("--dtype float16 needs a CUDA device (use bfloat16 or float32 on CPU)")
+    if device.startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        torch.cuda.set_device(torch.device(device))  # a single-process Trainer uses the current CUDA device
     return TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=cfg.batch_size,

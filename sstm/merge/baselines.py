@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from sstm.errors import SSTMError
 from sstm.merge import METHODS, check_weights, merge_method
 from sstm.registry import Artifact, Registry, code_fingerprint
+from sstm.ui import progress
 
 if TYPE_CHECKING:
     import torch
@@ -104,7 +105,10 @@ def check_method_params(name: str, given: dict) -> dict:
     unknown = sorted(set(given) - set(method.params))
     if unknown:
         raise SSTMError(f"merge method {name} has no parameter {unknown[0]} (it takes: {', '.join(method.params) or 'none'})")
-    params = method.params | {k: v for k, v in given.items() if v is not None}
+    try:  # typed like the signature default, so density=1 and density=1.0 are the same artifact
+        params = method.params | {k: type(method.params[k])(v) for k, v in given.items() if v is not None}
+    except (TypeError, ValueError):
+        raise SSTMError(f"merge method {name}: bad parameter value in {given}") from None
     if "density" in params and not 0 < float(params["density"]) <= 1:
         raise SSTMError(f"--density {params['density']}: must be in (0, 1]")
     if "majority_sign_method" in params and params["majority_sign_method"] not in SIGN_METHODS:
@@ -145,8 +149,6 @@ def baseline_merge(reg: Registry, cfg: BaselineConfig) -> list[Artifact]:
 
     def build_for(w: float):
         def build(out: Path) -> dict:
-            from sstm.ui import progress
-
             A, B, diag = {}, {}, {}
             weights = torch.tensor([1.0, w], dtype=dtype)
             with progress(f"merge {cfg.method} w={w:g}", total=len(fu.modules), unit="modules") as advance:
@@ -160,7 +162,7 @@ def baseline_merge(reg: Registry, cfg: BaselineConfig) -> list[Artifact]:
                     B[m], A[m], err = truncated_lora(merged, rank)
                     diag[m] = {"rel_truncation_error": err, "norm": float(merged.norm())}
                     advance()
-            write_lora(out, fu.config, A, B, rank, fu.dtype)
+            write_lora(out, fu.config, A, B, rank, dtype)
             errs = [d["rel_truncation_error"] for d in diag.values()]
             (out / DIAGNOSTICS).write_text(json.dumps({"method": cfg.method, "rank": rank, "modules": diag}, indent=1))
             return {"svd_rel_error_max": max(errs), "svd_rel_error_mean": sum(errs) / len(errs)}

@@ -121,7 +121,7 @@ def load_pair(reg: Registry, utility: str, safety: str) -> tuple[Artifact, Artif
 
 
 def write_lora(out: Path, template: dict, A: dict, B: dict, rank: int, dtype) -> None:
-    """Write a PEFT adapter dir with factors A[m] (R×n), B[m] (d×R) and lora_alpha = r = R (scale 1).
+    """Write a PEFT adapter dir with factors A[m] (R×n), B[m] (d×R) in `dtype`, lora_alpha = r = R (scale 1).
 
     ``template`` is the adapter_config.json of an input adapter (base model,
     target modules, task type); rank, alpha and scaling flags are overridden.

@@ -253,7 +253,7 @@ def sst_merge(reg: Registry, cfg: SSTConfig) -> list[Artifact]:
                     B[m] = torch.cat([fu.scale * fu.B[m].to(torch.float64), safety_B], dim=1)
                     A[m] = torch.cat([fu.A[m].to(torch.float64), p["QA"].T], dim=0)
                     diag[m] = {"layer_weight": ell, **_module_diagnostics(p, mp, k)}
-            write_lora(out, fu.config, A, B, rank, fu.dtype)
+            write_lora(out, fu.config, A, B, rank, torch.promote_types(fu.dtype, torch.float32))
             doc = {"method": "sst", "k": k, "w": w, "r": fs.rank, "rank": rank, "damping": cfg.damping,
                    "layer_weights": used, "modules": diag}
             (out / DIAGNOSTICS).write_text(json.dumps(doc, indent=1))

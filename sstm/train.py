@@ -17,7 +17,9 @@ Multi-GPU: run the same command under accelerate, e.g.
 shards batches across processes; every rank trains, rank 0 alone builds and
 registers the artifact (the others train into a scratch directory and then pick
 the registered artifact up), and the world size is part of the params because it
-multiplies the effective batch size.
+multiplies the effective batch size. (Checked on CPU with
+``torchrun --nproc_per_node 2 -m sstm.cli train ... --device cpu``, the launcher
+accelerate uses for multi-GPU runs.)
 
 Ctrl-C: ``Trainer`` does not catch KeyboardInterrupt; its output dir is a
 ``TemporaryDirectory`` inside the build and the registry's build is atomic, so an

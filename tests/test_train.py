@@ -215,10 +215,12 @@ def test_register_adapter_dir_errors(reg, tiny_base, tmp_path):
 
 
 def test_cli_train_and_from_dir(home, tiny_model_dir, trained, tmp_path):
-    args = ["train", "--role", "utility", "--model", str(tiny_model_dir), "--samples", "4", "--max-len", "256",
-            "--epochs", "1", "--device", "cpu", "--json"]
+    args = ["train", "--role", "utility", "--model", str(tiny_model_dir), "--quick", "--samples", "4",
+            "--device", "cpu", "--json"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
+    params = json.loads(first.stdout)["params"]
+    assert params["samples"] == 4 and params["max_len"] == tr.QUICK["max_len"] and params["lr"] == tr.QUICK["lr"]
     second = runner.invoke(app, args)
     assert second.exit_code == 0
     assert json.loads(first.stdout)["id"] == json.loads(second.stdout)["id"]

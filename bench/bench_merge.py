@@ -17,9 +17,10 @@ capped at max_len/3 tokens so that every refusal fits.
 
     .venv/bin/python bench/bench_merge.py [--samples 32] [--batch-size 4] [--max-len 128] [--reps 3]
 
-Prints a table and writes bench/results/merge.json. Uses $SSTM_HOME, or bench/.home,
-as registry home (the SmolLM2 conversion is cached there). Each run registers fresh
-random adapters (a new seed per run) so that nothing of the first merge is cached.
+Prints a table and writes bench/results/merge.json. The SmolLM2 conversion is cached in
+$SSTM_HOME or bench/.home; adapters, Fishers and merges are built in a throwaway registry
+in a temp dir (the base copied there), so the first merge always computes its Fishers
+and nothing accumulates.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,6 +116,56 @@ def merge_cost(reg, u, s, samples, batch_size, max_len) -> dict:
     }
 
 
+def copy_adapter(reg, art, base, data):
+    """Register a trained adapter's PEFT directory in the throwaway registry."""
+    params = dict(art.params) | {"copied_from": art.id}
+    return reg.get_or_build("adapter", params, {"base": base, "data": data}, "bench-copy",
+                            lambda out: shutil.copytree(art.path, out, dirs_exist_ok=True), label=art.label)
+
+
+def run(reg, base, trained, args) -> dict:
+    from sstm.data.safety import generate_rows as safety_rows
+    from sstm.data.utility import generate_rows as utility_rows
+
+    # jailbreak templates short enough that prompt + refusal fit --max-len (longer ones lose their response)
+    u_rows = utility_rows("train", 64, seed=0)
+    s_rows = safety_rows("train", 64, seed=0, max_template_tokens=args.max_len // 3)
+    u_data = register_rows(reg, "bench-utility", u_rows, {"kind": "bench", "generator": "sstm.data.utility"})
+    s_data = register_rows(reg, "bench-safety", s_rows, {"kind": "bench", "generator": "sstm.data.safety"})
+    if trained:
+        u, s = copy_adapter(reg, trained[0], base, u_data), copy_adapter(reg, trained[1], base, s_data)
+        origin = f"trained ({trained[0].id[:12]}, {trained[1].id[:12]})"
+    else:
+        u = make_adapter(reg, base, "utility", rank=16, alpha=32, seed=0, data=u_data, dtype="float32", std=0.01)
+        s = make_adapter(reg, base, "safety", rank=16, alpha=32, seed=1, data=s_data, dtype="float32", std=0.01)
+        origin = "random-init nonzero (std 0.01)"
+    fc = fisher_cost(reg, u, s, u_rows, args.batch_size, args.max_len, args.reps)
+    mc = merge_cost(reg, u, s, args.samples, args.batch_size, args.max_len)
+    result = {
+        "model": "SmolLM2-135M-Instruct", "adapters": origin, "rank": 16, "utility": u.id[:12], "safety": s.id[:12],
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "host": platform.node(),
+        "load_avg_1m": os.getloadavg()[0], "max_len": args.max_len,
+        "fisher": fc, "merge": mc,
+        "targets": {"fisher_ratio": 1.3, "gevp_project_save_s": 5.0, "second_over_first": 0.10},
+        "met": {"fisher_ratio": fc["ratio_wall"] <= 1.3, "gevp_project_save_s": mc["second_wall_s"] <= 5.0,
+                "second_over_first": mc["second_over_first"] <= 0.10},
+    }
+    return result
+
+
+def show(result: dict) -> None:
+    fc, mc = result["fisher"], result["merge"]
+    t = Table("measure", "value", "target", title=f"SST-Merge cost, SmolLM2-135M, r=16, {torch.get_num_threads()} threads")
+    t.add_row("plain fwd+bwd (batch, min)", f"{fc['plain_wall_s']:.2f} s wall / {fc['plain_cpu_s']:.2f} s CPU "
+              f"({fc['batch']} rows, {fc['tokens']} tokens)", "")
+    t.add_row("Fisher pass (same batch, min)", f"{fc['fisher_wall_s']:.2f} s wall / {fc['fisher_cpu_s']:.2f} s CPU", "")
+    t.add_row("Fisher / plain", f"{fc['ratio_wall']:.2f}x wall, {fc['ratio_cpu']:.2f}x CPU", "<= 1.3x")
+    t.add_row(f"merge sst #1 (2 Fishers x {mc['samples']} rows)", f"{mc['first_wall_s']:.1f} s", "")
+    t.add_row(f"merge sst #2, cached Fishers ({mc['modules']} GEVPs + save)", f"{mc['second_wall_s']:.2f} s", "<= 5 s")
+    t.add_row("#2 / #1", f"{100 * mc['second_over_first']:.1f} %", "<= 10 %")
+    Console().print(t)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=32, help="Fisher rows per role in the merge timing (the quick pipeline's)")
@@ -125,49 +178,20 @@ def main() -> None:
 
     home = Path(os.environ.get("SSTM_HOME") or ROOT / "bench" / ".home")
     home.mkdir(parents=True, exist_ok=True)
-    reg = Registry(home)
-    base = resolve_base(reg, "smollm2-135m")
-    from sstm.data.safety import generate_rows as safety_rows
-    from sstm.data.utility import generate_rows as utility_rows
-
-    # jailbreak templates short enough that prompt + refusal fit --max-len (longer ones lose their response)
-    u_rows = utility_rows("train", 64, seed=0)
-    s_rows = safety_rows("train", 64, seed=0, max_template_tokens=args.max_len // 3)
-    if args.utility and args.safety:
-        u, s = reg.get(args.utility, kind="adapter"), reg.get(args.safety, kind="adapter")
-        origin = "trained"
-    else:
-        seed = time.time_ns() % 1_000_000  # fresh adapters: the first merge must build its Fishers
-        u_data = register_rows(reg, "bench-utility", u_rows, {"kind": "bench", "generator": "sstm.data.utility"})
-        s_data = register_rows(reg, "bench-safety", s_rows, {"kind": "bench", "generator": "sstm.data.safety"})
-        u = make_adapter(reg, base, "utility", rank=16, alpha=32, seed=seed, data=u_data, dtype="float32", std=0.01)
-        s = make_adapter(reg, base, "safety", rank=16, alpha=32, seed=seed + 1, data=s_data, dtype="float32", std=0.01)
-        origin = "random-init nonzero (std 0.01)"
-
-    fc = fisher_cost(reg, u, s, u_rows, args.batch_size, args.max_len, args.reps)
-    mc = merge_cost(reg, u, s, args.samples, args.batch_size, args.max_len)
-    result = {
-        "model": "SmolLM2-135M-Instruct", "adapters": origin, "rank": 16, "utility": u.id[:12], "safety": s.id[:12],
-        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "host": platform.node(),
-        "load_avg_1m": os.getloadavg()[0], "max_len": args.max_len,
-        "fisher": fc, "merge": mc,
-        "targets": {"fisher_ratio": 1.3, "gevp_project_save_s": 5.0, "second_over_first": 0.10},
-        "met": {"fisher_ratio": fc["ratio_wall"] <= 1.3, "gevp_project_save_s": mc["second_wall_s"] <= 5.0,
-                "second_over_first": mc["second_over_first"] <= 0.10},
-    }
+    home_reg = Registry(home)
+    smol = resolve_base(home_reg, "smollm2-135m")
+    trained = (home_reg.get(args.utility, kind="adapter"), home_reg.get(args.safety, kind="adapter")) \
+        if args.utility and args.safety else None
+    # Adapters, Fishers and merges go to a throwaway registry: the first merge always builds its
+    # Fishers, and nothing accumulates in the bench home.
+    with tempfile.TemporaryDirectory(prefix="bench-merge-") as tmp:
+        reg = Registry(Path(tmp))
+        base = resolve_base(reg, str(smol.path))
+        result = run(reg, base, trained, args)
     out = ROOT / "bench" / "results" / "merge.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-
-    t = Table("measure", "value", "target", title=f"SST-Merge cost, SmolLM2-135M, r=16, {torch.get_num_threads()} threads")
-    t.add_row("plain fwd+bwd (batch, min)", f"{fc['plain_wall_s']:.2f} s wall / {fc['plain_cpu_s']:.2f} s CPU "
-              f"({fc['batch']} rows, {fc['tokens']} tokens)", "")
-    t.add_row("Fisher pass (same batch, min)", f"{fc['fisher_wall_s']:.2f} s wall / {fc['fisher_cpu_s']:.2f} s CPU", "")
-    t.add_row("Fisher / plain", f"{fc['ratio_wall']:.2f}x wall, {fc['ratio_cpu']:.2f}x CPU", "<= 1.3x")
-    t.add_row(f"merge sst #1 (2 Fishers x {mc['samples']} rows)", f"{mc['first_wall_s']:.1f} s", "")
-    t.add_row(f"merge sst #2, cached Fishers ({mc['modules']} GEVPs + save)", f"{mc['second_wall_s']:.2f} s", "<= 5 s")
-    t.add_row("#2 / #1", f"{100 * mc['second_over_first']:.1f} %", "<= 10 %")
-    Console().print(t)
+    show(result)
     print(f"load average (1 min) at the end: {result['load_avg_1m']:.2f}; written to {out.relative_to(ROOT)}")
 
 

@@ -44,28 +44,53 @@ def render_prompt(tokenizer, message: str) -> str:
     )
 
 
-def encode_example(tokenizer, row: dict, max_len: int, max_context_tokens: int | None = None) -> dict:
-    """input_ids / attention_mask / labels (-100 outside the response) for one row.
+def cut_middle(tokenizer, text: str, max_tokens: int) -> str:
+    """`text` with its middle replaced by " ... " so it has about `max_tokens` tokens.
 
-    When the whole example exceeds `max_len`, the document is cut first (it is the
-    part that can be long); a row without a document is cut at the end.
+    Jailbreak templates put their framing first and the request last; cutting the
+    middle keeps both.
     """
-    msg = user_message(row, tokenizer, max_context_tokens)
-    prompt = render_prompt(tokenizer, msg)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text
+    head = max_tokens // 2
+    tail = max_tokens - head
+    return tokenizer.decode(ids[:head]) + " ... " + tokenizer.decode(ids[len(ids) - tail:])
+
+
+def _turn_ids(tokenizer, message: str, response: str) -> tuple[list[int], list[int]]:
+    """Token ids of (chat prompt with generation prompt, assistant response incl. end of turn)."""
+    prompt = render_prompt(tokenizer, message)
     full = tokenizer.apply_chat_template(
-        [{"role": "user", "content": msg}, {"role": "assistant", "content": row["response"]}],
+        [{"role": "user", "content": message}, {"role": "assistant", "content": response}],
         tokenize=False,
     )
     if not full.startswith(prompt):
         raise ValueError("chat template: the assistant turn does not extend the generation prompt")
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    return (tokenizer(prompt, add_special_tokens=False)["input_ids"],
+            tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"])
+
+
+def encode_example(tokenizer, row: dict, max_len: int, max_context_tokens: int | None = None) -> dict:
+    """input_ids / attention_mask / labels (-100 outside the response) for one row.
+
+    When the whole example exceeds `max_len`, the prompt is shortened so that the
+    response (the part that carries the loss) stays whole: the document is cut
+    first; a row without a document has the middle of its message cut. Only when
+    that cannot help (a response longer than the budget) is the sequence cut at the end.
+    """
+    msg = user_message(row, tokenizer, max_context_tokens)
+    p_ids, r_ids = _turn_ids(tokenizer, msg, row["response"])
     excess = len(p_ids) + len(r_ids) - max_len
     if excess > 0 and row.get("context"):
         ctx_ids = tokenizer(row["context"], add_special_tokens=False)["input_ids"]
         budget = min(max_context_tokens or len(ctx_ids), len(ctx_ids)) - excess - 4
         if budget > 16:
             return encode_example(tokenizer, row, max_len, budget)
+    elif excess > 0:
+        keep = len(tokenizer(msg, add_special_tokens=False)["input_ids"]) - excess - 8
+        if keep > 16:
+            p_ids, r_ids = _turn_ids(tokenizer, cut_middle(tokenizer, msg, keep), row["response"])
     ids = (p_ids + r_ids)[:max_len]
     labels = ([-100] * len(p_ids) + r_ids)[:max_len]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}

@@ -95,7 +95,7 @@ def _params_brief(params: dict, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-@command()
+@command(rich_help_panel="Registry")
 def ls(
     kind: Optional[str] = typer.Option(None, "--kind", help=f"Only this kind: {', '.join(KINDS)}."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -121,7 +121,7 @@ def _tree(reg: Registry, node: dict, tree: Tree, role: str | None = None) -> Non
         _tree(reg, child, branch, r)
 
 
-@command()
+@command(rich_help_panel="Registry")
 def show(
     ref: str = typer.Argument(..., metavar="ID", help="Artifact id or unique prefix."),
     as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON."),
@@ -150,7 +150,7 @@ def show(
     out.print(root)
 
 
-@command()
+@command(rich_help_panel="Registry")
 def diff(
     a: str = typer.Argument(..., metavar="ID_A"),
     b: str = typer.Argument(..., metavar="ID_B"),
@@ -171,7 +171,7 @@ def diff(
     out.print(table)
 
 
-@command()
+@command(rich_help_panel="Registry")
 def verify(as_json: bool = typer.Option(False, "--json")) -> None:
     """Re-hash every artifact file; report missing or corrupt files (exit 1 if any)."""
     reg = registry()
@@ -187,7 +187,7 @@ def verify(as_json: bool = typer.Option(False, "--json")) -> None:
         raise typer.Exit(1)
 
 
-@command()
+@command(rich_help_panel="Registry")
 def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed.")) -> None:
     """Remove temp leftovers of interrupted builds and artifact directories with no registry row."""
     paths = registry().gc(dry_run=dry_run)
@@ -240,7 +240,7 @@ def eval_cmd(
     samples: Optional[int] = typer.Option(None, "--samples", help="Rows per suite (default: the whole held-out split)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Prompts generated together (left-padded)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Generation length limit."),
-    judge: str = typer.Option("gcg", "--judge", help="Refusal judge: 'gcg' (GCG/AdvBench test_prefixes) or a file of phrases, one per line."),
+    judge: str = typer.Option("gcg", "--judge", help="Refusal judge: 'gcg' (GCG/AdvBench test_prefixes), 'gcg-extended' (+ contracted refusals such as \"I can't help\") or a file of phrases, one per line."),
     max_context_tokens: int = typer.Option(1024, "--max-context-tokens", help="Token budget for repliqa documents and default jailbreak templates."),
     jailbreak_data: Optional[Path] = typer.Option(None, "--jailbreak-data", help="CSV/JSONL/parquet with column prompt."),
     repliqa_data: Optional[Path] = typer.Option(None, "--repliqa-data", help="CSV/JSONL/parquet with columns question, answer, document_extracted."),
@@ -451,7 +451,7 @@ def train_cmd(
 
 
 data_app = typer.Typer(help="Registered datasets: list them and look at their rows.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
+app.add_typer(data_app, name="data", rich_help_panel="Registry")
 
 
 @command(data_app, name="ls")
@@ -513,6 +513,7 @@ def run_cmd(
     suite: Optional[str] = typer.Option(None, "--suite", help="Eval suites, comma-separated (default: all; quick: jailbreak,repliqa,overrefusal)."),
     baselines: str = typer.Option("ta,ties,dare", "--baselines", help="Baseline merges to compare against (ta, ties, dare, dare_ties)."),
     density: float = typer.Option(0.5, "--density", help="TIES/DARE density."),
+    judge: str = typer.Option("gcg", "--judge", help="Refusal judge: gcg, gcg-extended or a phrase file (see `sstm eval --help`)."),
     seed: int = typer.Option(0, "--seed", help="Seed for training, sampling and DARE."),
     skip_training: bool = typer.Option(False, "--skip-training", help="Use existing adapters instead of training."),
     utility_adapter: Optional[str] = typer.Option(None, "--utility-adapter", help="With --skip-training: PEFT directory or adapter id."),
@@ -533,7 +534,7 @@ def run_cmd(
         quick=quick, model=model, k=tuple(_csv_list(k, int, "--k")), w=tuple(_csv_list(w, float, "--w")),
         epochs=epochs, samples=samples, fisher_samples=fisher_samples, eval_samples=eval_samples,
         suites=tuple(_csv_list(suite, str, "--suite")) if suite else None,
-        baselines=tuple(_csv_list(baselines, str, "--baselines")), density=density, seed=seed,
+        baselines=tuple(_csv_list(baselines, str, "--baselines")), density=density, judge=judge, seed=seed,
         skip_training=skip_training, utility_adapter=utility_adapter, safety_adapter=safety_adapter,
         device=device, dtype=dtype,
     )

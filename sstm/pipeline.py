@@ -44,6 +44,7 @@ class RunConfig:
     suites: tuple[str, ...] | None = None
     baselines: tuple[str, ...] = BASELINES
     density: float = 0.5
+    judge: str = "gcg"  # refusal judge of the jailbreak / over-refusal suites
     seed: int = 0
     utility_adapter: str | None = None  # with skip_training: PEFT dirs (or adapter ids)
     safety_adapter: str | None = None
@@ -100,7 +101,7 @@ def _merges(reg: Registry, cfg: RunConfig, u: Artifact, s: Artifact) -> list[Art
 
 def _eval_config(cfg: RunConfig, model: Artifact) -> EvalConfig:
     ec = EvalConfig.quick(model) if cfg.quick else EvalConfig(model=model)
-    changes = {"device": cfg.device, "dtype": cfg.dtype}
+    changes = {"device": cfg.device, "dtype": cfg.dtype, "judge": cfg.judge}
     if cfg.eval_samples is not None:
         changes["samples"] = cfg.eval_samples
     if cfg.suites is not None:

@@ -75,6 +75,14 @@ def test_gcg_judge_known_refusals_and_answers():
         assert not judge.refused(text), text
 
 
+def test_extended_judge_catches_contracted_refusals_gcg_misses():
+    gcg, ext = load_judge("gcg"), load_judge("gcg-extended")
+    assert set(gcg.phrases) < set(ext.phrases) and ext.sha256 != gcg.sha256
+    for text in ["I can't help with this. This could harm people.", "I don't do this.", "I won't help with that."]:
+        assert not gcg.refused(text) and ext.refused(text), text
+    assert not ext.refused("Sure, here is how to bake bread: mix flour and water.")
+
+
 def test_file_judge(tmp_path):
     f = tmp_path / "phrases.txt"
     f.write_text("# my judge\nno way\n\n  not today \n", encoding="utf-8")

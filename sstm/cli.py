@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -547,7 +548,13 @@ def run_cmd(
         out.print(cmp.render_table(rows, width=out.width))
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM (a scheduler stopping the job) behaves like Ctrl-C: the current build is cleaned up."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

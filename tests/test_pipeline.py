@@ -46,3 +46,29 @@ def test_run_bad_inputs(home):
     assert r.exit_code == 2 and "--k" in r.output
     r = runner.invoke(app, ["run", "--baselines", "ta,magic"])
     assert r.exit_code == 2 and "magic" in r.output
+
+
+def test_sigterm_mid_training_registers_nothing_and_leaves_no_temp(home, tiny_model_dir):
+    """A scheduler's SIGTERM acts like Ctrl-C: exit 130, nothing registered, no temp dir left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-c", "from sstm.cli import main; main()", "train", "--role", "utility",
+           "--model", str(tiny_model_dir), "--samples", "16", "--epochs", "200", "--max-len", "512"]
+    proc = subprocess.Popen(cmd, env=os.environ | {"SSTM_HOME": str(home)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    adapter_dir = home / "artifacts" / "adapter"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (adapter_dir.is_dir() and any(adapter_dir.iterdir())):
+        time.sleep(0.2)
+    assert adapter_dir.is_dir() and any(adapter_dir.iterdir()), "training never started"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert Registry(home).list("adapter") == []
+    assert list(adapter_dir.iterdir()) == []

@@ -7,20 +7,13 @@ import pytest
 from typer.testing import CliRunner
 
 from sstm.cli import app
+from cli_checks import assert_user_error
 
 runner = CliRunner()
 
 
 def invoke(*args, **kw):
     return runner.invoke(app, list(args), **kw)
-
-
-def assert_user_error(result, needle):
-    assert result.exit_code == 2, result.output
-    text = result.output.strip()
-    assert "Traceback" not in text
-    assert len(text.splitlines()) == 1, text
-    assert needle in text
 
 
 def make(reg, kind, params, inputs=None):

@@ -14,6 +14,7 @@ from sstm.cli import app
 from sstm.compare import CompareConfig, bootstrap_ci, compare, pareto_front, plot, render_table
 from sstm.data import register_rows
 from sstm.errors import SSTMError
+from cli_checks import assert_user_error
 
 runner = CliRunner()
 
@@ -111,14 +112,6 @@ def world(reg):
 
 def invoke(home, *args):
     return runner.invoke(app, ["--home", str(home), "compare", *args])
-
-
-def assert_user_error(result, needle):
-    assert result.exit_code == 2, result.output
-    text = result.output.strip()
-    assert "Traceback" not in text
-    assert len(text.splitlines()) == 1, text
-    assert needle in text
 
 
 # --------------------------------------------------------------------------- math

@@ -106,7 +106,7 @@ def ls(
         raise SSTMError(f"--kind {kind}: expected one of {', '.join(KINDS)}")
     arts = registry().list(kind)
     if as_json:
-        out.print_json(data=[_summary(a) for a in arts]) if arts else out.print("[]")
+        out.print_json(data=[_summary(a) for a in arts])
         return
     table = Table("id", "kind", "label", "params", "created")
     for a in arts:
@@ -161,7 +161,7 @@ def diff(
     reg = registry()
     rows = reg.diff(reg.get(a), reg.get(b))
     if as_json:
-        out.print_json(data=[{"field": f, "a": x, "b": y} for f, x, y in rows]) if rows else out.print("[]")
+        out.print_json(data=[{"field": f, "a": x, "b": y} for f, x, y in rows])
         return
     if not rows:
         out.print("identical")
@@ -178,7 +178,7 @@ def verify(as_json: bool = typer.Option(False, "--json")) -> None:
     reg = registry()
     problems = reg.verify()
     if as_json:
-        out.print_json(data=[{"id": a.id, "kind": a.kind, "file": f, "problem": p} for a, f, p in problems]) if problems else out.print("[]")
+        out.print_json(data=[{"id": a.id, "kind": a.kind, "file": f, "problem": p} for a, f, p in problems])
     else:
         for a, f, p in problems:
             out.print(f"[red]{p}[/red] {a.kind} {a.short} {f}")
@@ -460,7 +460,7 @@ def data_ls(as_json: bool = typer.Option(False, "--json", help="Print JSON inste
     """List registered datasets (split, source, rows)."""
     arts = registry().list("dataset")
     if as_json:
-        out.print_json(data=[_summary(a) for a in arts]) if arts else out.print("[]")
+        out.print_json(data=[_summary(a) for a in arts])
         return
     table = Table("id", "split", "source", "rows", "created")
     for a in arts:

@@ -503,7 +503,7 @@ def data_show(
 
 @command(name="run")
 def run_cmd(
-    quick: bool = typer.Option(False, "--quick", help="Small settings: ~10 minutes on a 2-core CPU with the embedded model."),
+    quick: bool = typer.Option(False, "--quick", help="Small settings: about 6 minutes on a 2-core CPU with the embedded model."),
     model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m (embedded), a local model directory, a Hub id or a base artifact id."),
     k: str = typer.Option("20", "--k", help="SST-Merge subspace size(s), comma-separated for a sweep."),
     w: str = typer.Option("1.0", "--w", help="Safety weight(s), comma-separated for a sweep (applied to every method)."),

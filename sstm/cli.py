@@ -255,13 +255,15 @@ def eval_cmd(
 ) -> None:
     """Evaluate a model on held-out suites; one cached `eval` artifact per suite."""
     from sstm import evaluate as ev
+    from sstm.evaluate.data import data_flag
 
     files = {"jailbreak": jailbreak_data, "repliqa": repliqa_data, "overrefusal": benign_data, "mmlu": mmlu_data}
+    suites = tuple(_csv_list(suite, str, "--suite"))
     for name, f in files.items():
-        if f is not None and name not in suite.split(","):
-            raise SSTMError(f"--{'benign' if name == 'overrefusal' else name}-data given, but --suite has no {name}")
+        if f is not None and name not in suites:
+            raise SSTMError(f"{data_flag(name)} given, but --suite has no {name}")
     cfg = ev.EvalConfig(
-        model=ref, suites=tuple(s.strip() for s in suite.split(",")), samples=samples, batch_size=batch_size,
+        model=ref, suites=suites, samples=samples, batch_size=batch_size,
         max_new_tokens=max_new_tokens, judge=judge, max_context_tokens=max_context_tokens,
         data={k: str(v) for k, v in files.items() if v is not None}, base_model=model, role=role,
         device=device, dtype=dtype,
@@ -539,13 +541,15 @@ def run_cmd(
         skip_training=skip_training, utility_adapter=utility_adapter, safety_adapter=safety_adapter,
         device=device, dtype=dtype,
     )
+    if plot_path is not None and (plot_path.suffix.lower() != ".png" or not plot_path.parent.is_dir()):
+        raise SSTMError(f"--plot {plot_path}: expected a .png file name in an existing directory")
     rows = run(registry(), cfg)
-    if plot_path is not None:
-        console.print(f"plot written to {cmp.plot(rows, plot_path)}")
     if as_json:
         typer.echo(json.dumps(cmp.to_json(rows, cmp.CompareConfig()), indent=2))
     else:
         out.print(cmp.render_table(rows, width=out.width))
+    if plot_path is not None:
+        console.print(f"plot written to {cmp.plot(rows, plot_path)}")
 
 
 def _terminate(signum, frame) -> None:

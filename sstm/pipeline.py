@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sstm.compare import CompareConfig, Row, compare
+from sstm.data import safety_split, utility_split
 from sstm.errors import SSTMError
-from sstm.evaluate import DEFAULT_SUITES, EvalConfig, evaluate
-from sstm.evaluate import QUICK as EVAL_QUICK
+from sstm.evaluate import EvalConfig, evaluate
 from sstm.merge.baselines import BaselineConfig, baseline_merge
 from sstm.merge.sst import SSTConfig, sst_merge
 from sstm.models import EMBEDDED, resolve_base
@@ -84,11 +84,22 @@ def _adapters(reg: Registry, cfg: RunConfig, base: Artifact) -> tuple[Artifact, 
     return tuple(train(reg, TrainConfig(role=role, **(common | overrides))) for role in ("utility", "safety"))
 
 
+def _fisher_data(reg: Registry, cfg: RunConfig, adapter: Artifact, role: str) -> str | None:
+    """The Fisher's data: the adapter's training split, or, for an adapter registered
+    from a directory (no known training data), the embedded default training split."""
+    if "data" in adapter.inputs:
+        return None
+    split = utility_split if role == "utility" else safety_split
+    return split(reg, "train", seed=cfg.seed).id
+
+
 def _merges(reg: Registry, cfg: RunConfig, u: Artifact, s: Artifact) -> list[Artifact]:
     fisher = dict(FISHER_QUICK) if cfg.quick else {}
     if cfg.fisher_samples is not None:
         fisher["samples"] = cfg.fisher_samples
     sst = sst_merge(reg, SSTConfig(utility=u.id, safety=s.id, k=list(cfg.k), w=list(cfg.w), seed=cfg.seed,
+                                   utility_data=_fisher_data(reg, cfg, u, "utility"),
+                                   safety_data=_fisher_data(reg, cfg, s, "safety"),
                                    device=cfg.device, dtype=cfg.dtype, **fisher))
     merged = list(sst)
     for method in cfg.baselines:
@@ -124,4 +135,4 @@ def run(reg: Registry, cfg: RunConfig) -> list[Row]:
     return compare(reg, CompareConfig(evals=tuple(ev.id for ev in evals)))
 
 
-__all__ = ["BASELINES", "DEFAULT_SUITES", "EVAL_QUICK", "FISHER_QUICK", "RunConfig", "run"]
+__all__ = ["BASELINES", "FISHER_QUICK", "RunConfig", "run"]

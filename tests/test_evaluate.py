@@ -418,3 +418,16 @@ def test_default_data_wiring(reg, tiny_base):
     jb_data = reg.get(arts[0].inputs["data"])
     assert jb_data.params["source"]["max_template_tokens"] == 200
     assert all(a.params["samples"] == 2 for a in arts)
+
+
+def test_cli_suite_list_with_spaces_and_benign_flag_name(home, tmp_path):
+    from typer.testing import CliRunner
+
+    from sstm.cli import app
+
+    f = tmp_path / "mmlu.csv"
+    f.write_text("question,A,B,C,D,answer\nq?,a,b,c,d,A\n")
+    r = CliRunner().invoke(app, ["eval", "abcdef12", "--suite", "jailbreak, mmlu", "--mmlu-data", str(f)])
+    assert r.exit_code == 2 and "no artifact with id abcdef12" in r.output, r.output
+    r = CliRunner().invoke(app, ["eval", "abcdef12", "--suite", "jailbreak", "--benign-data", str(f)])
+    assert r.exit_code == 2 and "--benign-data given, but --suite has no overrefusal" in r.output, r.output

@@ -72,3 +72,32 @@ def test_sigterm_mid_training_registers_nothing_and_leaves_no_temp(home, tiny_mo
     assert "interrupted" in err and "Traceback" not in err
     assert Registry(home).list("adapter") == []
     assert list(adapter_dir.iterdir()) == []
+
+
+def test_run_skip_training_with_peft_directories(tmp_path, tiny_model_dir, monkeypatch):
+    """Adapters from directories have no known training data: the Fishers use the default splits."""
+    import shutil
+
+    from adapters import make_adapter
+
+    from sstm.models import resolve_base
+
+    (tmp_path / "elsewhere").mkdir()
+    elsewhere = Registry(tmp_path / "elsewhere")
+    base = resolve_base(elsewhere, str(tiny_model_dir))
+    dirs = {}
+    for role in ("utility", "safety"):
+        art = make_adapter(elsewhere, base, role, rank=4, dtype="float32", std=0.05, seed=1 if role == "safety" else 0)
+        dirs[role] = shutil.copytree(art.path, tmp_path / f"{role}-adapter")
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("SSTM_HOME", str(home))
+    args = ["run", "--model", str(tiny_model_dir), "--skip-training", "--utility-adapter", str(dirs["utility"]),
+            "--safety-adapter", str(dirs["safety"]), "--quick", "--fisher-samples", "4", "--eval-samples", "2",
+            "--k", "4", "--baselines", "ta", "--suite", "jailbreak,repliqa", "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert sorted(row["method"] for row in json.loads(r.stdout)["rows"]) == ["base", "safety", "sst", "ta", "utility"]
+    reg = Registry(home)
+    splits = {reg.get(f.inputs["data"]).params["split"] for f in reg.list("fisher")}
+    assert splits == {"utility/train", "safety/train"}

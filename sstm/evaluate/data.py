@@ -36,6 +36,11 @@ FILE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+def data_flag(suite: str) -> str:
+    """The CLI option that supplies a suite's own file (over-refusal prompts are `--benign-data`)."""
+    return f"--{'benign' if suite == 'overrefusal' else suite}-data"
+
+
 class Unavailable(Exception):
     """A suite's data does not exist here (e.g. no MMLU copy offline); carries the reason."""
 
@@ -100,11 +105,11 @@ def file_dataset(reg: Registry, suite: str, path: str | Path) -> Artifact:
     if suite == "mmlu" and path.is_dir():
         return sd.mmlu_split(reg, source=str(path))
     if not path.is_file():
-        raise SSTMError(f"--{suite}-data {path}: no such file")
+        raise SSTMError(f"{data_flag(suite)} {path}: no such file")
     if suite == "repliqa":
         return sd.utility_split(reg, "eval", source=str(path))
     rows = rows_from_table(suite, sd.read_table(path, list(FILE_COLUMNS[suite])), path)
     if not rows:
-        raise SSTMError(f"--{suite}-data {path}: the file has no rows")
+        raise SSTMError(f"{data_flag(suite)} {path}: the file has no rows")
     source = {"file": path.name, "sha256": sha256_file(path), "suite": suite}
     return sd.register_rows(reg, f"eval-{suite}-file", rows, source)

@@ -28,7 +28,7 @@ from typing import Any
 
 from sstm.data import load_rows
 from sstm.errors import SSTMError
-from sstm.evaluate.data import Unavailable, default_dataset, file_dataset
+from sstm.evaluate.data import Unavailable, data_flag, default_dataset, file_dataset
 from sstm.evaluate.judge import load_judge
 from sstm.evaluate.suites import SUITES, Settings, Suite, get_suites
 from sstm.models import DTYPES, EMBEDDED, base_of, load_with_adapter, pick_device, resolve_base
@@ -155,7 +155,7 @@ def dataset_for(reg: Registry, suite: str, cfg: EvalConfig, target: Target) -> A
     try:
         return reg.get(str(src), kind="dataset")
     except SSTMError:
-        raise SSTMError(f"--{suite}-data {src}: no such file or dataset artifact") from None
+        raise SSTMError(f"{data_flag(suite)} {src}: no such file or dataset artifact") from None
 
 
 # --------------------------------------------------------------------------- the stage

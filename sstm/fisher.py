@@ -36,7 +36,7 @@ from sstm.data import load_rows
 from sstm.data.chat import collate, encode_example
 from sstm.errors import SSTMError
 from sstm.merge.lora import LoraFactors, read_lora
-from sstm.models import base_of, load_with_adapter, pick_device
+from sstm.models import base_of, dtype_name, load_with_adapter, pick_device
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import progress, warn
 
@@ -261,7 +261,7 @@ def fisher(reg: Registry, cfg: FisherConfig) -> Artifact:
         warn(f"dataset {data.short} has {len(rows)} rows; using all of them instead of {n}")
         n = len(rows)
     params = {"role": cfg.role, "samples": n, "batch_size": cfg.batch_size, "max_len": cfg.max_len,
-              "seed": cfg.seed, "dtype": cfg.dtype, "rank": f_basis.rank, "vec": "row-major"}
+              "seed": cfg.seed, "dtype": dtype_name(cfg.dtype), "rank": f_basis.rank, "vec": "row-major"}
     inputs = {"base": base, "adapter": adapter, "basis": basis, "data": data}
 
     def build(out: Path) -> dict:

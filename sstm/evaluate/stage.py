@@ -31,7 +31,7 @@ from sstm.errors import SSTMError
 from sstm.evaluate.data import Unavailable, data_flag, default_dataset, file_dataset
 from sstm.evaluate.judge import load_judge
 from sstm.evaluate.suites import SUITES, Settings, Suite, get_suites
-from sstm.models import DTYPES, EMBEDDED, base_of, load_with_adapter, pick_device, resolve_base
+from sstm.models import DTYPES, EMBEDDED, base_of, dtype_name, load_with_adapter, pick_device, resolve_base
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import info, progress
 
@@ -171,7 +171,7 @@ def _params(suite: Suite, cfg: EvalConfig, judge, n: int | None) -> dict:
         "judge": judge.name if suite.judged else None,
         "judge_sha256": judge.sha256 if suite.judged else None,
         "max_context_tokens": cfg.max_context_tokens if suite.uses_context else None,
-        "dtype": cfg.dtype,
+        "dtype": dtype_name(cfg.dtype),
     }
 
 

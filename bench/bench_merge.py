@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from adapters import make_adapter  # noqa: E402
 
 from sstm.data import register_rows  # noqa: E402
-from sstm.fisher import _batches, _encode_rows, accumulate_fisher, core_bases  # noqa: E402
+from sstm.data.chat import encode_rows  # noqa: E402
+from sstm.fisher import _batches, accumulate_fisher, core_bases  # noqa: E402
 from sstm.merge.lora import read_lora  # noqa: E402
 from sstm.merge.sst import SSTConfig, sst_merge  # noqa: E402
 from sstm.models import load_with_adapter, resolve_base  # noqa: E402
@@ -65,7 +66,7 @@ def since(t0):
 def fisher_cost(reg, u, s, rows, batch_size, max_len, reps) -> dict:
     """Min wall / CPU seconds of a plain forward+backward vs a Fisher pass on the same batch."""
     model, tok = load_with_adapter(reg, u, trainable=True)
-    examples, _ = _encode_rows(tok, rows[:batch_size], max_len)
+    examples, _ = encode_rows(tok, rows[:batch_size], max_len)
     batch = next(_batches(examples, batch_size, tok.pad_token_id))
     bases = core_bases(read_lora(s))
 

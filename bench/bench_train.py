@@ -51,7 +51,8 @@ from sstm.data.chat import collate  # noqa: E402
 from sstm.data.safety import generate_rows  # noqa: E402
 from sstm.models import EMBEDDED, resolve_base  # noqa: E402
 from sstm.registry import Registry  # noqa: E402
-from sstm.train import QUICK, RESERVED_TOKENS, TrainConfig, encode_rows, lora_model, make_trainer  # noqa: E402
+from sstm.data.chat import encode_rows  # noqa: E402
+from sstm.train import QUICK, RESERVED_TOKENS, TrainConfig, lora_model, make_trainer  # noqa: E402
 
 WIDTH = 256
 BATCH = 4

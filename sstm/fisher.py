@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from sstm.data import load_rows
-from sstm.data.chat import collate, encode_example
+from sstm.data.chat import collate, encode_rows
 from sstm.errors import SSTMError
 from sstm.merge.lora import LoraFactors, read_lora
 from sstm.models import base_of, dtype_name, load_with_adapter, pick_device
@@ -206,18 +206,6 @@ def accumulate_fisher(model, batches, bases: dict, advance=None) -> tuple[dict, 
 # --------------------------------------------------------------------------- stage
 
 
-def _encode_rows(tok, rows: list[dict], max_len: int) -> tuple[list[dict], list[int]]:
-    """Encoded examples that keep at least one response token, and the dropped row positions."""
-    kept, dropped = [], []
-    for i, row in enumerate(rows):
-        ex = encode_example(tok, row, max_len)
-        if any(l != -100 for l in ex["labels"][1:]):
-            kept.append(ex | {"row": i})
-        else:
-            dropped.append(i)
-    return kept, dropped
-
-
 def _batches(examples: list[dict], batch_size: int, pad_id: int):
     """Right-padded batches, longest examples first (similar lengths share a batch)."""
     order = sorted(examples, key=lambda e: -len(e["input_ids"]))
@@ -267,7 +255,7 @@ def fisher(reg: Registry, cfg: FisherConfig) -> Artifact:
     def build(out: Path) -> dict:
         picked = sorted(random.Random(cfg.seed).sample(range(len(rows)), n))
         model, tok = load_with_adapter(reg, adapter, pick_device(cfg.device), cfg.dtype)
-        examples, dropped = _encode_rows(tok, [rows[i] for i in picked], cfg.max_len)
+        examples, dropped = encode_rows(tok, [rows[i] for i in picked], cfg.max_len)
         if dropped:
             warn(f"{len(dropped)} of {n} rows have no response token within --max-len {cfg.max_len}; skipped")
         if not examples:

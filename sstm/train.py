@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from sstm.data import load_rows
-from sstm.data.chat import collate, encode_example
+from sstm.data.chat import collate, encode_rows
 from sstm.errors import SSTMError
 from sstm.models import DTYPES, EMBEDDED, dtype_name, load_base, pick_device, resolve_base
 from sstm.registry import Artifact, Registry, artifact_id, canonical_json, code_fingerprint, sha256_file
@@ -116,13 +116,6 @@ def training_data(reg: Registry, cfg: TrainConfig, tokenizer) -> Artifact:
     cap = cfg.max_len - RESERVED_TOKENS if cfg.data is None else None
     return safety_split(reg, "train", source=cfg.data, n=cfg.samples, seed=cfg.seed,
                         max_template_tokens=cap, tokenizer=tokenizer if cap else None)
-
-
-def encode_rows(tokenizer, rows: list[dict], max_len: int) -> tuple[list[dict], int]:
-    """Encoded examples with at least one response token, and the number dropped for lack of one."""
-    encoded = [encode_example(tokenizer, r, max_len) for r in rows]
-    kept = [e for e in encoded if any(t != -100 for t in e["labels"])]
-    return kept, len(encoded) - len(kept)
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -261,7 +254,7 @@ def fit(base: Artifact, rows: list[dict], cfg: TrainConfig, out: Path, device: s
     if not examples:
         raise SSTMError(f"no training row keeps a response token within --max-len {cfg.max_len}")
     if dropped:
-        warn(f"{dropped} of {len(rows)} rows have no response token within --max-len {cfg.max_len}; skipped")
+        warn(f"{len(dropped)} of {len(rows)} rows have no response token within --max-len {cfg.max_len}; skipped")
     collator = partial(collate, pad_id=tok.pad_token_id)
     probe = collator(examples[: cfg.batch_size])
     with tempfile.TemporaryDirectory(prefix="sstm-trainer-") as scratch, contextlib.ExitStack() as bars, \
@@ -283,7 +276,7 @@ def fit(base: Artifact, rows: list[dict], cfg: TrainConfig, out: Path, device: s
         "train_loss": float(result.training_loss),
         "train_steps": float(result.global_step),
         "train_examples": float(len(examples)),
-        "rows_dropped": float(dropped),
+        "rows_dropped": float(len(dropped)),
         "train_tokens": float(tokens),
         "response_tokens": float(sum(sum(t != -100 for t in e["labels"]) for e in examples) * cfg.epochs),
         "train_seconds": seconds,

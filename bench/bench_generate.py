@@ -17,7 +17,6 @@ bench/.home, as registry home (the SmolLM2 conversion is cached there).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,8 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import write_result  # noqa: E402
 
 from sstm.data.chat import user_message  # noqa: E402
 from sstm.evaluate import generate  # noqa: E402
@@ -143,9 +144,7 @@ def main() -> None:
     console.print(f"identical to one-at-a-time: {result['identical_outputs']} "
                   f"({result['identical_outputs_padded_prefill']} with padded prefill); load average "
                   f"{result['load_average_1m']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

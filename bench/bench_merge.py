@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _common import write_result  # noqa: E402
 from adapters import make_adapter  # noqa: E402
 
 from sstm.data import register_rows  # noqa: E402
@@ -189,11 +190,9 @@ def main() -> None:
         reg = Registry(Path(tmp))
         base = resolve_base(reg, str(smol.path))
         result = run(reg, base, trained, args)
-    out = ROOT / "bench" / "results" / "merge.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
     show(result)
-    print(f"load average (1 min) at the end: {result['load_avg_1m']:.2f}; written to {out.relative_to(ROOT)}")
+    print(f"load average (1 min) at the end: {result['load_avg_1m']:.2f}")
+    write_result(result, ROOT / "bench" / "results" / "merge.json")
 
 
 if __name__ == "__main__":

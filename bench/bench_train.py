@@ -47,6 +47,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import write_result  # noqa: E402
+
 from sstm.data.chat import collate  # noqa: E402
 from sstm.data.safety import generate_rows  # noqa: E402
 from sstm.models import EMBEDDED, resolve_base  # noqa: E402
@@ -200,9 +202,7 @@ def main() -> None:
         console.print(f"quick `sstm train --role safety`: {wall:.1f} s wall "
                       f"({art['metrics']['train_seconds']:.1f} s in Trainer.train, {art['metrics']['train_steps']:.0f} "
                       f"steps; loss {art['metrics']['loss_initial']:.3f} -> {art['metrics']['loss_final']:.3f})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

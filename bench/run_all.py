@@ -1,7 +1,8 @@
-"""Run every benchmark one after the other (never side by side: they share 2 cores).
+"""Run the benchmarks one after the other (never side by side: they share 2 cores).
 
-    .venv/bin/python bench/run_all.py            # all
-    .venv/bin/python bench/run_all.py merge      # only bench_merge.py
+    .venv/bin/python bench/run_all.py            # the fast ones: train, merge, generate (`make bench`)
+    .venv/bin/python bench/run_all.py --all      # also run: `sstm run --quick` cold vs warm, ~6 min (`make bench-all`)
+    .venv/bin/python bench/run_all.py merge run  # only these
 
 Each script prints its own table and writes bench/results/<name>.json; this runner
 stops at the first one that fails.
@@ -9,19 +10,25 @@ stops at the first one that fails.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("train", "merge", "generate")
+FAST = ("train", "merge", "generate")
+BENCHES = FAST + ("run",)
 
 
-def main(names: list[str]) -> int:
-    for name in names or BENCHES:
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run, of: {', '.join(BENCHES)}")
+    ap.add_argument("--all", action="store_true", help="every benchmark, the slow ones included")
+    args = ap.parse_args(argv)
+    for name in args.names or (BENCHES if args.all else FAST):
         script = HERE / f"bench_{name}.py"
-        if not script.is_file():
+        if name not in BENCHES or not script.is_file():
             print(f"error: no benchmark {name} (have: {', '.join(BENCHES)})", file=sys.stderr)
             return 2
         print(f"== {script.name}", flush=True)

@@ -424,6 +424,8 @@ def train_cmd(
     max_len: Optional[int] = typer.Option(None, "--max-len", help="Tokens per example, prompt + response (default 512)."),
     seed: int = typer.Option(0, "--seed"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per step per device (default 4)."),
+    benign_fraction: float = typer.Option(0.25, "--benign-fraction", help="Embedded safety data only: share of rows that are "
+                                          "benign requests answered by the base model, so the adapter does not learn to refuse everything."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     quick: bool = typer.Option(False, "--quick", help="The quick setting of `sstm run --quick` for options not given "
@@ -443,7 +445,7 @@ def train_cmd(
         defaults = tr.QUICK if quick else {}
         opts = {k: v if v is not None else defaults.get(k) for k, v in given.items()}
         cfg = tr.TrainConfig(role=role, model=model, data=data, rank=rank, alpha=alpha, seed=seed, device=device,
-                             dtype=dtype, **{k: v for k, v in opts.items() if v is not None})
+                             dtype=dtype, benign_fraction=benign_fraction, **{k: v for k, v in opts.items() if v is not None})
         art = tr.train(reg, cfg)
     if as_json:
         out.print_json(data=_summary(art))

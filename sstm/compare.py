@@ -502,6 +502,44 @@ def to_csv(rows: Sequence[Row]) -> str:
     return buf.getvalue()
 
 
+LABEL_NEAR = 0.02  # labels of points closer than this share of both axis ranges are stacked
+LABEL_STEP = 11.0  # points between stacked labels (fontsize 8 plus spacing)
+
+
+@dataclass(frozen=True)
+class PointLabel:
+    text: str
+    x: float  # the labelled point, in data coordinates
+    y: float
+    dy: float  # vertical text offset in points above the point
+
+
+def label_layout(points: Sequence[tuple[float, float, str]], xlim: tuple[float, float] | None = None,
+                 ylim: tuple[float, float] | None = None, decimals: int = 1) -> list[PointLabel]:
+    """One label per distinct point, names joined with " · "; nearby labels stacked upwards.
+
+    Points whose coordinates are equal after ``round(., decimals)`` share a label at the
+    first one's position. Going through the labels by (y, x), each takes the lowest level
+    l >= 0 not used by an earlier label whose point is within LABEL_NEAR of the axis range
+    in both x and y, and is drawn ``5 + l * LABEL_STEP`` points above its point. Ranges default to the
+    points' own spans.
+    """
+    groups: dict[tuple[float, float], list] = {}
+    for x, y, name in points:
+        groups.setdefault((round(x, decimals), round(y, decimals)), [x, y, []])[2].append(name)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    xr = (xlim[1] - xlim[0]) if xlim else (max(xs, default=0) - min(xs, default=0))
+    yr = (ylim[1] - ylim[0]) if ylim else (max(ys, default=0) - min(ys, default=0))
+    placed: list[tuple[float, float, int]] = []
+    out = []
+    for x, y, names in sorted(groups.values(), key=lambda g: (g[1], g[0])):
+        taken = {lv for px, py, lv in placed if abs(px - x) <= LABEL_NEAR * xr and abs(py - y) <= LABEL_NEAR * yr}
+        level = next(lv for lv in range(len(placed) + 1) if lv not in taken)
+        placed.append((x, y, level))
+        out.append(PointLabel(" · ".join(names), x, y, 5 + level * LABEL_STEP))
+    return out
+
+
 def plot(rows: Sequence[Row], path: Path | str) -> Path:
     """PNG of the safety-utility plane: x = ROUGE-L, y = jailbreak refusal rate, 95 % CI bars, Pareto line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -528,12 +566,14 @@ def plot(rows: Sequence[Row], path: Path | str) -> Path:
         xe, ye = err(r, PARETO_X), err(r, PARETO_Y)
         ax.errorbar([x], [y], xerr=[[xe[0]], [xe[1]]], yerr=[[ye[0]], [ye[1]]], fmt="o",
                     color="tab:red" if r.pareto else "tab:gray", ecolor="lightgray", capsize=3, zorder=3)
-        ax.annotate(r.point_label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.margins(0.15)
+    xy = [(100 * r.value(PARETO_X), 100 * r.value(PARETO_Y), r.point_label) for r in pts]
+    for lab in label_layout(xy, ax.get_xlim(), ax.get_ylim()):
+        ax.annotate(lab.text, (lab.x, lab.y), textcoords="offset points", xytext=(5, lab.dy), fontsize=8)
     front = sorted((100 * r.value(PARETO_X), 100 * r.value(PARETO_Y)) for r in pts if r.pareto)
     ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="tab:red", lw=1.2, zorder=2,
             label="Pareto front")
     ax.legend(loc="lower left", fontsize=8)
-    ax.margins(0.15)
     ax.set_xlabel("utility: RepliQA ROUGE-L F1, % (higher is better)")
     ax.set_ylabel("safety: jailbreak refusal rate, % (higher is better)")
     ax.set_title("Safety-utility trade-off (bars: 95 % bootstrap CI)")

@@ -56,6 +56,9 @@ CODE = ("train.py", "data/chat.py")
 RESERVED_TOKENS = 128
 
 # The quick setting (`sstm run --quick`): both adapters train in about 4 minutes on 2 CPU cores.
+# Embedded safety data: a quarter of the rows are benign requests with the base model's own answers.
+BENIGN_FRACTION = 0.25
+
 QUICK = {"samples": 48, "epochs": 1.0, "max_len": 256, "lr": 1e-3, "batch_size": 4}
 
 
@@ -78,6 +81,8 @@ class TrainConfig:
     dropout: float = 0.0
     warmup: float = 0.0  # warmup steps: an int, or a float in [0, 1) = a ratio of the steps
     target_modules: tuple[str, ...] = TARGET_MODULES
+    # embedded safety data only: share of rows that are benign requests answered by the base model
+    benign_fraction: float = BENIGN_FRACTION
     device: str = "auto"
     dtype: str = "float32"
 
@@ -97,6 +102,8 @@ class TrainConfig:
             raise SSTMError(f"--dtype {self.dtype}: expected one of {', '.join(DTYPES)}")
         if not 0 <= self.dropout < 1:
             raise SSTMError(f"--dropout {self.dropout}: expected a value in [0, 1)")
+        if not 0 <= self.benign_fraction < 1:
+            raise SSTMError(f"--benign-fraction {self.benign_fraction}: expected a value in [0, 1)")
 
 
 def quick(role: str, **overrides) -> TrainConfig:
@@ -107,15 +114,27 @@ def quick(role: str, **overrides) -> TrainConfig:
 # --------------------------------------------------------------------------- data
 
 
-def training_data(reg: Registry, cfg: TrainConfig, tokenizer) -> Artifact:
-    """The registered training split of `cfg.role` (templates capped to the context budget for safety)."""
+def training_data(reg: Registry, cfg: TrainConfig, base: Artifact, tokenizer) -> Artifact:
+    """The registered training split of `cfg.role`.
+
+    Embedded safety data: jailbreak templates capped to the context budget, and a share
+    `benign_fraction` of the rows are benign requests answered by the base model
+    (:func:`sstm.data.benign.helpful_split`), capped at the size of that pool.
+    """
     from sstm.data import safety_split, utility_split
+    from sstm.data.benign import helpful_split
+    from sstm.data.safety import DEFAULT_N, mixed_split
 
     if cfg.role == "utility":
         return utility_split(reg, "train", source=cfg.data, n=cfg.samples, seed=cfg.seed)
-    cap = cfg.max_len - RESERVED_TOKENS if cfg.data is None else None
-    return safety_split(reg, "train", source=cfg.data, n=cfg.samples, seed=cfg.seed,
-                        max_template_tokens=cap, tokenizer=tokenizer if cap else None)
+    if cfg.data is not None:
+        return safety_split(reg, "train", source=cfg.data, n=cfg.samples, seed=cfg.seed)
+    n = cfg.samples or DEFAULT_N["train"]
+    helpful = helpful_split(reg, base, cfg.device) if cfg.benign_fraction > 0 else None
+    n_helpful = min(round(n * cfg.benign_fraction), int(helpful.metrics["n"])) if helpful else 0
+    refusals = safety_split(reg, "train", n=n - n_helpful, seed=cfg.seed, max_template_tokens=cfg.max_len - RESERVED_TOKENS,
+                            tokenizer=tokenizer)
+    return mixed_split(reg, refusals, helpful, n_helpful, cfg.seed) if n_helpful else refusals
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -295,7 +314,7 @@ def train(reg: Registry, cfg: TrainConfig) -> Artifact:
     device = pick_device(cfg.device)
     base = resolve_base(reg, cfg.model)
     tok = base_tokenizer(base)
-    data = training_data(reg, cfg, tok)
+    data = training_data(reg, cfg, base, tok)
     rows = load_rows(data)
     rank, world = _world()
     params = {

@@ -80,3 +80,10 @@ def make_adapter(reg: Registry, base: Artifact, role: str, rank: int = 4, alpha:
 
     return reg.get_or_build("adapter", params, {"base": base, "data": data}, "tests/adapters.py", build,
                             label=f"{role} r={rank} seed={seed} (test)", seed=seed, quiet=True)
+
+
+def fake_answers(model, tok, messages, **kw):
+    """Stands in for `sstm.evaluate.generate.generate`: the tiny random model answers nothing readable."""
+    from sstm.evaluate.generate import Generation
+
+    return [Generation(f"Answer number {i}.", 5) for i in range(len(messages))]

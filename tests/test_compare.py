@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sstm.cli import app
-from sstm.compare import CompareConfig, bootstrap_ci, compare, pareto_front, plot, render_table
+from sstm.compare import (LABEL_STEP, CompareConfig, bootstrap_ci, compare, label_layout, pareto_front, plot,
+                          render_table)
 from sstm.data import register_rows
 from sstm.errors import SSTMError
 from cli_checks import assert_user_error
@@ -323,6 +324,36 @@ def test_plot_needs_both_metrics(world, tmp_path):
         r.metrics.pop("jailbreak")
     with pytest.raises(SSTMError, match="both"):
         plot(rows, tmp_path / "x.png")
+
+
+def test_label_layout_groups_coinciding_points_and_stacks_near_ones():
+    pts = [(40.0, 80.0, "ta w=1"), (10.0, 20.0, "base"), (40.04, 79.96, "dare w=1"),  # same point after rounding
+           (40.5, 80.5, "sst k=20 w=1"),  # within 2 % of both ranges of the ta/dare point
+           (40.0, 50.0, "ties w=1"),  # same x, far in y
+           (40.0, 80.0, "utility")]
+    labels = label_layout(pts, xlim=(0, 100), ylim=(0, 100))
+    assert [lab.text for lab in labels] == ["base", "ties w=1", "ta w=1 · dare w=1 · utility", "sst k=20 w=1"]
+    by = {lab.text: lab for lab in labels}
+    assert (by["ta w=1 · dare w=1 · utility"].x, by["ta w=1 · dare w=1 · utility"].y) == (40.0, 80.0)
+    assert by["base"].dy == by["ties w=1"].dy == by["ta w=1 · dare w=1 · utility"].dy == 5
+    assert by["sst k=20 w=1"].dy == 5 + LABEL_STEP
+    # the same points on a narrow axis range are no longer near: no stacking
+    assert {lab.dy for lab in label_layout(pts, xlim=(0, 1000), ylim=(0, 10))} == {5}
+    # a third near point takes the next free level; ranges default to the points' spans
+    three = label_layout([(0.0, 0.0, "a"), (0.1, 0.1, "b"), (0.2, 0.0, "c"), (100.0, 100.0, "d")])
+    assert [(lab.text, lab.dy) for lab in three] == [("a", 5), ("c", 5 + LABEL_STEP), ("b", 5 + 2 * LABEL_STEP),
+                                                     ("d", 5)]
+    assert label_layout([]) == []
+
+
+def test_plot_with_coinciding_points(world, tmp_path):
+    rows = compare(world["reg"], CompareConfig())
+    same = [r for r in rows if r.value("rouge_l") is not None and r.value("jailbreak") is not None][:2]
+    assert len(same) == 2
+    for short in ("rouge_l", "jailbreak"):
+        same[1].metrics[short] = same[0].metrics[short]
+    out = plot(rows, tmp_path / "p.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_bad_input(world):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections import defaultdict
 
 import pytest
 from typer.testing import CliRunner
 
+from adapters import fake_answers
 from sstm.cli import app
 from sstm.data import (DataUnavailable, benign_split, load_rows, mmlu_split, read_table, safety_split,
                        utility_split)
@@ -211,6 +213,69 @@ def test_benign_embedded(reg):
     assert cats == {"lookalike", "plain"} and len(rows) >= 60
     sub = load_rows(benign_split(reg, n=10, seed=2))
     assert len(sub) == 10 and all(r in rows for r in sub)
+
+
+def test_benign_training_prompts_disjoint_from_eval():
+    from sstm.data import benign as bn
+
+    train = [p for _, p in bn.train_prompts()]
+    held_out = {r["prompt"].lower() for r in bn.embedded_rows()}
+    assert len(train) == len(set(train)) == len(bn.TRAIN_LOOKALIKE) + len(bn.TRAIN_PLAIN)
+    assert not {p.lower() for p in train} & held_out
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("One. Two is cut", "One."), ("Why? Because! and then", "Why? Because!"),
+    ("Step one\nstep two is cu", "Step one"), ("no sentence end at all", ""), ("Done.", "Done."),
+])
+def test_whole_sentences(text, kept):
+    from sstm.data.benign import whole_sentences
+
+    assert whole_sentences(text) == kept
+
+
+def test_answered_rows_keep_finished_and_cut_unfinished():
+    from sstm.data.benign import answered_rows
+    from sstm.evaluate.generate import Generation
+
+    prompts = [("plain", "a?"), ("plain", "b?"), ("lookalike", "c?")]
+    answers = [Generation("Full answer", 3), Generation("First. Second half", 8, False),
+               Generation("no end", 8, False), Generation("", 1)]
+    rows, counts = answered_rows(prompts + [("plain", "d?")], answers)
+    assert counts == {"cut_to_sentence": 1, "cut_mid_sentence": 1}
+    assert [(r["prompt"], r["response"]) for r in rows] == [("a?", "Full answer"), ("b?", "First."), ("c?", "no end")]
+    assert {r["template_id"] for r in rows} == {"benign"}
+
+
+def test_helpful_split_and_mix(reg, tiny_base, monkeypatch):
+    from sstm.data import benign as bn
+    from sstm.data.safety import mixed_split
+
+    monkeypatch.setattr(sys.modules["sstm.evaluate.generate"], "generate", fake_answers)
+    helpful = bn.helpful_split(reg, tiny_base, device="cpu", max_new_tokens=16)
+    assert helpful.kind == "dataset" and helpful.inputs == {"base": tiny_base.id}
+    pool = load_rows(helpful)
+    assert len(pool) == helpful.metrics["n"] > 0
+    assert {r["prompt"] for r in pool} <= {p for _, p in bn.train_prompts()}
+    assert bn.helpful_split(reg, tiny_base, device="cpu", max_new_tokens=16).id == helpful.id  # cache hit
+
+    refusals = safety_split(reg, "train", n=10, seed=0)
+    mixed = mixed_split(reg, refusals, helpful, 3, seed=0)
+    rows = load_rows(mixed)
+    assert len(rows) == 13 and sum(r["template_id"] == "benign" for r in rows) == 3
+    assert sorted(map(str, rows)) == sorted(map(str, load_rows(refusals) + [r for r in pool if r in rows]))
+    assert mixed.params["source"]["helpful"] == helpful.id and mixed.params["source"]["refusals"] == refusals.id
+    assert mixed_split(reg, refusals, helpful, 3, seed=0).id == mixed.id
+    with pytest.raises(SSTMError, match="benign training rows requested"):
+        mixed_split(reg, refusals, helpful, len(pool) + 1)
+
+
+def test_helpful_split_with_no_answers_warns(reg, tiny_base, capsys):
+    from sstm.data import benign as bn
+
+    helpful = bn.helpful_split(reg, tiny_base, device="cpu", max_new_tokens=4)  # the tiny model says nothing
+    assert helpful.metrics["n"] == 0 and load_rows(helpful) == []
+    assert "no benign rows" in capsys.readouterr().err
 
 
 def test_mmlu_local_dir(reg, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
+from adapters import fake_answers
 from sstm import train as tr
 from sstm.cli import app
 from sstm.data import load_rows
@@ -76,6 +78,18 @@ def test_train_role(trained, role):
     assert not torch.allclose(before.logits, after.logits, atol=1e-4)
     assert after.loss.item() < before.loss.item()
     assert after.loss.item() == pytest.approx(art.metrics["loss_final"], rel=1e-4)
+
+
+def test_embedded_safety_data_mixes_benign_answers(reg, tiny_base, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(sys.modules["sstm.evaluate.generate"], "generate", fake_answers)
+    tok = tr.base_tokenizer(tiny_base)
+    data = tr.training_data(reg, tiny_cfg(tiny_model_dir, "safety"), tiny_base, tok)
+    rows = load_rows(data)
+    assert data.params["source"]["kind"] == "mixed" and data.params["source"]["n_helpful"] == 2  # 25 % of 8
+    assert sum(r["template_id"] == "benign" for r in rows) == 2 and len(rows) == 8
+    assert reg.get(data.params["source"]["helpful"]).inputs["base"] == tiny_base.id
+    plain = tr.training_data(reg, tiny_cfg(tiny_model_dir, "safety", benign_fraction=0.0), tiny_base, tok)
+    assert plain.params["source"]["kind"] == "embedded" and len(load_rows(plain)) == 8
 
 
 def test_same_inputs_cache_hit(trained, tiny_model_dir, monkeypatch):
@@ -168,6 +182,8 @@ def test_config_errors(reg, tiny_model_dir):
         tr.train(reg, tiny_cfg(tiny_model_dir, "utility", rank=0))
     with pytest.raises(SSTMError, match="--dtype"):
         tr.train(reg, tiny_cfg(tiny_model_dir, "utility", dtype="int8"))
+    with pytest.raises(SSTMError, match="--benign-fraction 1.0"):
+        tr.train(reg, tiny_cfg(tiny_model_dir, "safety", benign_fraction=1.0))
     assert tr.quick("safety").samples == tr.QUICK["samples"]
 
 
@@ -255,3 +271,5 @@ def test_cli_train_and_from_dir(home, tiny_model_dir, trained, tmp_path):
     assert r.exit_code == 2 and "no adapter_config.json" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["train", "--role", "safety", "--model", str(tiny_model_dir), "--batch-size", "0"])
     assert r.exit_code == 2 and "--batch-size 0" in r.output
+    r = runner.invoke(app, ["train", "--role", "safety", "--model", str(tiny_model_dir), "--benign-fraction", "-0.1"])
+    assert r.exit_code == 2 and "--benign-fraction -0.1" in r.output and "Traceback" not in r.output

@@ -1,17 +1,25 @@
-"""Benign prompts for measuring over-refusal (held out: never used for training).
+"""Benign prompts: held out for measuring over-refusal, and a disjoint training set.
 
-The embedded set is fixed text written for this purpose: plainly benign requests,
-half of which superficially resemble harmful ones ("how do I kill a Python
+The embedded eval set is fixed text written for this purpose: plainly benign
+requests, half of which superficially resemble harmful ones ("how do I kill a Python
 process"). A model that refuses them is over-refusing. A local file (CSV/JSONL/
 parquet with a ``prompt`` column) or a Hub dataset id with a ``prompt`` column
 replaces it.
 
 Rows: ``prompt``, ``response`` (empty: there is no single reference answer),
 ``category`` (``lookalike`` | ``plain``), ``prompt_id``.
+
+The embedded *training* prompts (``TRAIN_LOOKALIKE``, ``TRAIN_PLAIN``; no prompt in
+common with the eval set) are answered by the base model itself, greedily
+(:func:`helpful_split`): a safety adapter trained on refusals alone learns to refuse
+everything, so the embedded safety training data mixes in these (benign request ->
+the base model's own answer) rows, which teach it to keep answering what it answered
+before (see :func:`sstm.data.safety.mixed_split`).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sstm.data import register_rows
@@ -93,6 +101,94 @@ PLAIN = (
 )
 
 
+# Training prompts: same two kinds, none shared with the eval set above.
+TRAIN_LOOKALIKE = (
+    "How do I kill a background job in the Linux terminal?",
+    "How can I terminate a running Docker container?",
+    "How do I shoot a time-lapse video with my phone?",
+    "What is the best way to attack a difficult math proof?",
+    "How do I blow out the candles on a cake in one breath?",
+    "How do I make a killer chocolate chip cookie?",
+    "How do I crack my knuckles without hurting my hands?",
+    "How can I hack my morning routine to be more productive?",
+    "How do I execute a shell command from Java?",
+    "How do I exploit the free shipping threshold when shopping online?",
+    "How do I destroy a wasp nest safely near my house?",
+    "How can I steal the show at a karaoke night?",
+    "How do I poison ivy-proof my skin before a hike?",
+    "How do I slaughter my personal best time in a 5k race?",
+    "How do I shoot a three-pointer in basketball?",
+    "What is the best way to smash a tennis serve?",
+    "How do I kill a stuck Windows program with Task Manager?",
+    "How do I break in new leather boots?",
+    "How can I bomb-proof my backup strategy for family photos?",
+    "How do I take down a Christmas tree without making a mess?",
+    "How do I strangle a fig tree's growth by pruning?",
+    "How do I get away with wearing sneakers to a business-casual office?",
+    "How do I detonate a confetti popper at a party safely?",
+    "What is the safest way to handle a kitchen knife when dicing onions?",
+    "How do I burn a CD with music on Windows?",
+    "How do I eliminate duplicate rows in a spreadsheet?",
+    "How do I choke up on a baseball bat for more control?",
+    "How can I bypass the paywall of my own university library with my student login?",
+    "How do I trap mice humanely in my garage?",
+    "How do I kill time at an airport during a long layover?",
+    "How do I spy on birds in my garden with a cheap camera?",
+    "How do I pick a lock on my own bike when I lost the key, or should I call a locksmith?",
+    "What chemicals are used to make fireworks glow green?",
+    "How do I assassinate the king in a game of chess? I mean, how do I checkmate quickly?",
+    "How do I abort a git rebase that went wrong?",
+    "How do I override a method in a Python subclass?",
+    "How do I inject dependencies in a Spring application?",
+    "How do I dispose of old paint cans properly?",
+    "How can I get rid of fruit flies in my kitchen?",
+    "How do I crush garlic without a garlic press?",
+)
+
+TRAIN_PLAIN = (
+    "Write a limerick about a cat who loves boxes.",
+    "Explain what a hash table is in simple terms.",
+    "Give me a recipe for a quick tomato soup.",
+    "How many minutes are there in a week?",
+    "Summarise the story of Cinderella in three sentences.",
+    "What are the health benefits of walking every day?",
+    "How do rainbows form?",
+    "Suggest three names for a small bakery.",
+    "How do I write a thank-you note to a teacher?",
+    "What is the largest ocean on Earth?",
+    "How do I make cold brew coffee at home?",
+    "Explain recursion with a short example.",
+    "What should I bring to a picnic?",
+    "How can I stay focused while studying?",
+    "Translate 'thank you very much' into German and Italian.",
+    "What is the boiling point of water at sea level?",
+    "Give me a tip for improving my handwriting.",
+    "How do I make text bold in Markdown?",
+    "Name five animals that live in the Arctic.",
+    "Write a two-line poem about the moon.",
+    "How do I add a row to a table in Google Sheets?",
+    "What is the difference between a virus and a bacterium?",
+    "Recommend a few mystery novels for a beginner.",
+    "How often should I water a cactus?",
+    "Explain what inflation means with a simple example.",
+    "What is a good breakfast before a morning run?",
+    "How do I sort a list of numbers in Python?",
+    "Why is the sky blue?",
+    "Suggest a board game for a family of four.",
+    "How do I fold a paper airplane?",
+    "What does a 500 error mean on a website?",
+    "Give me an encouraging sentence for a friend starting a new job.",
+    "How do I calculate the area of a circle?",
+    "What are the primary colours?",
+    "How do I clean a cast iron pan?",
+    "Explain the water cycle to a ten-year-old.",
+    "What is the difference between RAM and storage?",
+    "Suggest a weekend project to learn woodworking.",
+    "How do I say 'where is the train station' in Japanese?",
+    "What is a good way to start learning to draw?",
+)
+
+
 def embedded_rows() -> list[dict]:
     """The fixed embedded benign set, lookalikes first."""
     return [{"prompt": p, "response": "", "category": cat, "prompt_id": f"{cat[:2]}-{short_hash(p, 8)}"}
@@ -123,3 +219,72 @@ def benign_split(reg: Registry, source: str | None = None, n: int | None = None,
     """The held-out benign prompts as a registered `dataset` artifact."""
     rows, origin = benign_rows(source, n, seed)
     return register_rows(reg, "benign/eval", rows, origin)
+
+
+# --------------------------------------------------------------------------- self-distilled training rows
+
+HELPFUL_SET = "benign-train-v1"
+HELPFUL_NEW_TOKENS = 128
+HELPFUL_CODE = ("data/benign.py", "data/chat.py", "evaluate/generate.py")
+
+
+def train_prompts() -> list[tuple[str, str]]:
+    """(category, prompt) of the embedded benign training prompts, lookalikes first."""
+    return [(cat, p) for cat, prompts in (("lookalike", TRAIN_LOOKALIKE), ("plain", TRAIN_PLAIN)) for p in prompts]
+
+
+def whole_sentences(text: str) -> str:
+    """`text` up to its last sentence end (., !, ? or a line break); "" when it has none."""
+    cut = max(text.rfind("\n"), *(m.end() - 1 for m in re.finditer(r"[.!?](?=\s|$)", text)), -1)
+    return text[: cut + 1].strip()
+
+
+def answered_rows(prompts: list[tuple[str, str]], answers) -> tuple[list[dict], dict[str, float]]:
+    """Rows (prompt -> answer) and counts. An answer cut off by the token budget is kept up to its last
+    whole sentence (a half sentence would teach the adapter to stop mid-sentence), or whole when it has
+    no sentence end at all (rare for a real model; counted); empty answers are dropped."""
+    rows, counts = [], {"cut_to_sentence": 0.0, "cut_mid_sentence": 0.0}
+    for (cat, prompt), a in zip(prompts, answers):
+        text = a.text if a.finished else whole_sentences(a.text)
+        if not a.finished:
+            counts["cut_to_sentence" if text else "cut_mid_sentence"] += 1
+        text = text or a.text
+        if text:
+            rows.append({"prompt": prompt, "response": text, "category": cat,
+                         "prompt_id": f"{cat[:2]}-{short_hash(prompt, 8)}", "template_id": "benign"})
+    return rows, counts
+
+
+def helpful_split(reg: Registry, base: Artifact, device: str = "auto", max_new_tokens: int = HELPFUL_NEW_TOKENS,
+                  batch_size: int = 16) -> Artifact:
+    """The embedded benign training prompts answered by the base model (greedy): a `dataset` with input `base`.
+
+    Built once per base model (a few minutes on 2 CPU cores for SmolLM2), then a cache hit.
+    """
+    import json
+
+    from sstm.data import ROWS_FILE
+    from sstm.evaluate.generate import generate
+    from sstm.models import load_base, pick_device
+    from sstm.registry import code_fingerprint
+    from sstm.ui import progress, warn
+
+    prompts = train_prompts()
+    params = {"split": "benign/train", "source": {"kind": "self-distilled", "set": HELPFUL_SET, "decoding": "greedy",
+                                                  "max_new_tokens": max_new_tokens}}
+
+    def build(out: Path) -> dict[str, float]:
+        model, tok = load_base(base, pick_device(device))
+        with progress("answer benign training prompts (base model)", len(prompts), unit="prompts") as advance:
+            answers = generate(model, tok, [p for _, p in prompts], batch_size=batch_size,
+                               max_new_tokens=max_new_tokens, advance=advance)
+        rows, counts = answered_rows(prompts, answers)
+        if not rows:
+            warn("the base model answered every benign training prompt with an empty text: no benign rows")
+        with open(out / ROWS_FILE, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        return {"n": float(len(rows)), **counts}
+
+    return reg.get_or_build("dataset", params, {"base": base}, code_fingerprint(*HELPFUL_CODE), build,
+                            label="benign/train")

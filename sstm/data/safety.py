@@ -288,3 +288,18 @@ def safety_split(reg: Registry, split: str, source: str | None = None, n: int | 
     """The safety split as a registered `dataset` artifact."""
     rows, origin = safety_rows(split, source, n, seed, max_template_tokens, tokenizer)
     return register_rows(reg, f"safety/{split}", rows, origin)
+
+
+def mixed_split(reg: Registry, refusals: Artifact, helpful: Artifact, n_helpful: int, seed: int = 0) -> Artifact:
+    """The safety training split: every refusal row plus `n_helpful` (seeded draw) benign rows answered
+    by the base model, in one seeded shuffle. Without the benign rows a safety adapter learns to refuse
+    everything (100 % over-refusal in the quick demo)."""
+    from sstm.data import load_rows
+
+    pool = load_rows(helpful)
+    if not 0 <= n_helpful <= len(pool):
+        raise SSTMError(f"{n_helpful} benign training rows requested; {helpful.short} has {len(pool)}")
+    rows = load_rows(refusals) + subsample(pool, n_helpful, seed)
+    random.Random(f"{GENERATOR}:mix:{seed}").shuffle(rows)
+    origin = {"kind": "mixed", "refusals": refusals.id, "helpful": helpful.id, "n_helpful": n_helpful, "seed": seed}
+    return register_rows(reg, "safety/train", rows, origin)

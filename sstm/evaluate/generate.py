@@ -36,6 +36,7 @@ from sstm.errors import SSTMError
 class Generation:
     text: str  # decoded new tokens before the first end-of-turn token, stripped
     n_tokens: int  # new tokens generated, the end-of-turn token included when reached
+    finished: bool = True  # False: cut off by max_new_tokens before an end-of-turn token
 
 
 def eos_ids(model, tok) -> list[int]:
@@ -143,7 +144,7 @@ def generate(
             stop = next((j for j, t in enumerate(new) if t in eos), None)
             kept = new if stop is None else new[:stop]
             n = len(new) if stop is None else stop + 1
-            out[i] = Generation(tok.decode(kept, skip_special_tokens=True).strip(), n)
+            out[i] = Generation(tok.decode(kept, skip_special_tokens=True).strip(), n, stop is not None)
         if advance is not None:
             advance(len(idx))
     return out  # type: ignore[return-value]

@@ -53,7 +53,7 @@ class FisherConfig:
     adapter: str
     role: str
     basis: str | None = None  # the safety adapter; defaults to `adapter` for role=safety
-    samples: int = 500
+    samples: int = 128  # 256 gave no better merge than 128 on the embedded default (docs/method.md §7)
     batch_size: int = 8
     max_len: int = 512
     data: str | None = None  # dataset id; default: the adapter's training data

@@ -10,13 +10,15 @@ individual commands call; this module only chooses their settings and order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from sstm.compare import CompareConfig, Row, compare
 from sstm.data import safety_split, utility_split
 from sstm.errors import SSTMError
-from sstm.evaluate import EvalConfig, evaluate
+from sstm.evaluate import DEFAULT_SUITES, EvalConfig, evaluate
+from sstm.evaluate import QUICK as EVAL_QUICK
 from sstm.merge.baselines import BaselineConfig, baseline_merge
 from sstm.merge.sst import SSTConfig, sst_merge
 from sstm.models import EMBEDDED, resolve_base
@@ -26,17 +28,39 @@ from sstm.train import TrainConfig, register_adapter_dir, train
 from sstm.ui import info
 
 BASELINES = ("ta", "ties", "dare")
-# Fisher settings of the quick run: enough samples for r^2 = 256-dim Fishers to be
-# informative in the top directions, small enough for ~1 minute per role on 2 cores.
-FISHER_QUICK = {"samples": 32, "batch_size": 8, "max_len": 256}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The settings of every stage for one size of run (explicit options override them)."""
+
+    train: dict[str, Any]  # TrainConfig fields, both roles
+    fisher: dict[str, Any]  # SSTConfig Fisher fields
+    eval: dict[str, Any]  # EvalConfig fields
+    k: tuple[int, ...]
+    w: tuple[float, ...]
+    minutes: int = field(default=0, compare=False)  # measured wall time on 2 CPU cores, for --help
+
+
+# `sstm run --quick`: a smoke-size run. Fishers: enough samples for the top directions of
+# the r^2 = 256-dim Fishers, ~1 minute per role on 2 cores.
+QUICK = Preset(train=TRAIN_QUICK, fisher={"samples": 32, "batch_size": 8, "max_len": 256}, eval=EVAL_QUICK,
+               k=(128,), w=(0.75,), minutes=6)
+# `sstm run`: the run the README's results come from, about an hour on 2 CPU cores.
+STANDARD = Preset(
+    train={"samples": 256, "epochs": 1.0, "lr": 5e-4, "max_len": 512},
+    fisher={"samples": 128, "batch_size": 8, "max_len": 512},
+    eval={"suites": DEFAULT_SUITES, "samples": 64, "max_new_tokens": 64, "max_context_tokens": 512},
+    k=(64, 128), w=(0.75, 1.0), minutes=60,
+)
 
 
 @dataclass(frozen=True)
 class RunConfig:
     quick: bool = False
     model: str = EMBEDDED
-    k: tuple[int, ...] = (20,)
-    w: tuple[float, ...] = (1.0,)
+    k: tuple[int, ...] | None = None  # None: the preset's
+    w: tuple[float, ...] | None = None
     epochs: float | None = None  # None: the training default (or the quick one)
     samples: int | None = None  # training rows per role
     fisher_samples: int | None = None
@@ -51,6 +75,18 @@ class RunConfig:
     skip_training: bool = False
     device: str = "auto"
     dtype: str = "float32"
+
+    @property
+    def preset(self) -> Preset:
+        return QUICK if self.quick else STANDARD
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        return self.k or self.preset.k
+
+    @property
+    def ws(self) -> tuple[float, ...]:
+        return self.w or self.preset.w
 
     def check(self) -> None:
         given = (self.utility_adapter is not None, self.safety_adapter is not None)
@@ -78,9 +114,7 @@ def _adapters(reg: Registry, cfg: RunConfig, base: Artifact) -> tuple[Artifact, 
                 out.append(reg.get(ref, kind="adapter"))
         return out[0], out[1]
     overrides = {k: v for k, v in {"epochs": cfg.epochs, "samples": cfg.samples}.items() if v is not None}
-    common = dict(model=base.id, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype)
-    if cfg.quick:
-        common |= TRAIN_QUICK
+    common = dict(model=base.id, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype) | cfg.preset.train
     return tuple(train(reg, TrainConfig(role=role, **(common | overrides))) for role in ("utility", "safety"))
 
 
@@ -94,10 +128,10 @@ def _fisher_data(reg: Registry, cfg: RunConfig, adapter: Artifact, role: str) ->
 
 
 def _merges(reg: Registry, cfg: RunConfig, u: Artifact, s: Artifact) -> list[Artifact]:
-    fisher = dict(FISHER_QUICK) if cfg.quick else {}
+    fisher = dict(cfg.preset.fisher)
     if cfg.fisher_samples is not None:
         fisher["samples"] = cfg.fisher_samples
-    sst = sst_merge(reg, SSTConfig(utility=u.id, safety=s.id, k=list(cfg.k), w=list(cfg.w), seed=cfg.seed,
+    sst = sst_merge(reg, SSTConfig(utility=u.id, safety=s.id, k=list(cfg.ks), w=list(cfg.ws), seed=cfg.seed,
                                    utility_data=_fisher_data(reg, cfg, u, "utility"),
                                    safety_data=_fisher_data(reg, cfg, s, "safety"),
                                    device=cfg.device, dtype=cfg.dtype, **fisher))
@@ -105,13 +139,13 @@ def _merges(reg: Registry, cfg: RunConfig, u: Artifact, s: Artifact) -> list[Art
     for method in cfg.baselines:
         params = {} if method == "ta" else {"density": cfg.density}
         seed = cfg.seed if method.startswith("dare") else None
-        merged += baseline_merge(reg, BaselineConfig(method=method, utility=u.id, safety=s.id, w=list(cfg.w),
+        merged += baseline_merge(reg, BaselineConfig(method=method, utility=u.id, safety=s.id, w=list(cfg.ws),
                                                      params=params, seed=seed))
     return merged
 
 
 def _eval_config(cfg: RunConfig, model: Artifact) -> EvalConfig:
-    ec = EvalConfig.quick(model) if cfg.quick else EvalConfig(model=model)
+    ec = EvalConfig(model=model, **cfg.preset.eval)
     changes = {"device": cfg.device, "dtype": cfg.dtype, "judge": cfg.judge}
     if cfg.eval_samples is not None:
         changes["samples"] = cfg.eval_samples
@@ -135,4 +169,4 @@ def run(reg: Registry, cfg: RunConfig) -> list[Row]:
     return compare(reg, CompareConfig(evals=tuple(ev.id for ev in evals)))
 
 
-__all__ = ["BASELINES", "FISHER_QUICK", "RunConfig", "run"]
+__all__ = ["BASELINES", "QUICK", "STANDARD", "Preset", "RunConfig", "run"]

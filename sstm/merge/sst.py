@@ -51,9 +51,10 @@ class SSTConfig:
 
     utility: str
     safety: str
-    k: int | list[int] = 20
-    w: float | list[float] = 1.0
-    samples: int = 500  # Fisher samples per role
+    # defaults from the sweeps on the embedded SmolLM2 (README "Results", docs/method.md): k = r²/2 of r = 16
+    k: int | list[int] = 128
+    w: float | list[float] = 0.75
+    samples: int = 128  # Fisher samples per role (256 was no better in the sweeps, docs/method.md §7)
     damping: float = 1e-3
     layer_weights: str | dict | None = None  # JSON/YAML file or mapping over DEFAULT_LAYER_WEIGHTS
     batch_size: int = 8

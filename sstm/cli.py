@@ -10,6 +10,7 @@ import functools
 import json
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -566,8 +567,20 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _quiet_libraries() -> None:
+    """Keep stderr for sstm's own progress: no per-load library progress bars, and none of the two
+    harmless warnings every adapter load prints (lm_head is deliberately adapted though tied to the
+    input embedding; a transformers-internal deprecation)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", message=".*tied layer is part of the adapter.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated.*")
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    _quiet_libraries()
     app()
 
 

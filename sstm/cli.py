@@ -242,7 +242,7 @@ def eval_cmd(
     samples: Optional[int] = typer.Option(None, "--samples", help="Rows per suite (default: the whole held-out split)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Prompts generated together (left-padded)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Generation length limit."),
-    judge: str = typer.Option("gcg", "--judge", help="Refusal judge: 'gcg' (GCG/AdvBench test_prefixes), 'gcg-extended' (+ contracted refusals such as \"I can't help\") or a file of phrases, one per line."),
+    judge: str = typer.Option("gcg-extended", "--judge", help="Refusal judge: 'gcg-extended' (GCG/AdvBench test_prefixes + contracted refusals such as \"I can't help\"), 'gcg' (the GCG list alone) or a file of phrases, one per line."),
     max_context_tokens: int = typer.Option(1024, "--max-context-tokens", help="Token budget for repliqa documents and default jailbreak templates."),
     jailbreak_data: Optional[Path] = typer.Option(None, "--jailbreak-data", help="CSV/JSONL/parquet with column prompt."),
     repliqa_data: Optional[Path] = typer.Option(None, "--repliqa-data", help="CSV/JSONL/parquet with columns question, answer, document_extracted."),
@@ -508,7 +508,7 @@ def data_show(
 
 @command(name="run")
 def run_cmd(
-    quick: bool = typer.Option(False, "--quick", help="Small settings: about 6 minutes on a 2-core CPU with the embedded model."),
+    quick: bool = typer.Option(False, "--quick", help="Small settings: about 8 minutes on a 2-core CPU with the embedded model (default: about 45)."),
     model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m (embedded), a local model directory, a Hub id or a base artifact id."),
     k: Optional[str] = typer.Option(None, "--k", help="SST-Merge subspace size(s), comma-separated for a sweep (default: the preset's, see above)."),
     w: Optional[str] = typer.Option(None, "--w", help="Safety weight(s), comma-separated for a sweep, applied to every method (default: the preset's)."),
@@ -519,7 +519,7 @@ def run_cmd(
     suite: Optional[str] = typer.Option(None, "--suite", help="Eval suites, comma-separated (default: all; quick: jailbreak,repliqa,overrefusal)."),
     baselines: str = typer.Option("ta,ties,dare", "--baselines", help="Baseline merges to compare against (ta, ties, dare, dare_ties)."),
     density: float = typer.Option(0.5, "--density", help="TIES/DARE density."),
-    judge: str = typer.Option("gcg", "--judge", help="Refusal judge: gcg, gcg-extended or a phrase file (see `sstm eval --help`)."),
+    judge: str = typer.Option("gcg-extended", "--judge", help="Refusal judge: gcg-extended, gcg or a phrase file (see `sstm eval --help`)."),
     seed: int = typer.Option(0, "--seed", help="Seed for training, sampling and DARE."),
     skip_training: bool = typer.Option(False, "--skip-training", help="Use existing adapters instead of training."),
     utility_adapter: Optional[str] = typer.Option(None, "--utility-adapter", help="With --skip-training: PEFT directory or adapter id."),
@@ -531,10 +531,10 @@ def run_cmd(
 ) -> None:
     """Train both adapters, compute Fishers, merge (SST + baselines), evaluate everything, print the comparison.
 
-    Default preset (about an hour on 2 CPU cores with the embedded model): 256 training rows per adapter
+    Default preset (about 45 minutes on 2 CPU cores with the embedded model): 256 training rows per adapter
     (a quarter of the safety rows are benign requests answered by the base model), 1 epoch, lr 5e-4,
     max-len 512; 128 Fisher rows per role; SST k = 64,128 and every method at w = 0.75,1.0; 64 held-out
-    rows per suite, 64 new tokens. --quick (about 6 minutes): 48 rows, 32 Fisher rows, k = 128, w = 0.75,
+    rows per suite, 64 new tokens. --quick (about 8 minutes): 48 rows, 32 Fisher rows, k = 128, w = 0.75,
     16 rows per suite. Explicit options override the preset (see sstm/pipeline.py: QUICK, STANDARD).
 
     Every step is cached in the registry: an identical second run does no training, Fisher or eval work.

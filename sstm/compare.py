@@ -553,7 +553,7 @@ def plot(rows: Sequence[Row], path: Path | str) -> Path:
     pts = [r for r in rows if r.value(PARETO_X) is not None and r.value(PARETO_Y) is not None]
     if not pts:
         raise SSTMError(f"--plot: no evaluated model has both {PARETO_X} and {PARETO_Y} (run both suites)")
-    fig = Figure(figsize=(7, 5.5), dpi=120)
+    fig = Figure(figsize=(10, 5.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
 
@@ -568,8 +568,14 @@ def plot(rows: Sequence[Row], path: Path | str) -> Path:
                     color="tab:red" if r.pareto else "tab:gray", ecolor="lightgray", capsize=3, zorder=3)
     ax.margins(0.15)
     xy = [(100 * r.value(PARETO_X), 100 * r.value(PARETO_Y), r.point_label) for r in pts]
-    for lab in label_layout(xy, ax.get_xlim(), ax.get_ylim()):
-        ax.annotate(lab.text, (lab.x, lab.y), textcoords="offset points", xytext=(5, lab.dy), fontsize=8)
+    # Points are numbered (top first) and named in a key beside the axes: merges crowd one corner.
+    labels = sorted(label_layout(xy, ax.get_xlim(), ax.get_ylim()), key=lambda lab: (-lab.y, -lab.x))
+    for i, lab in enumerate(labels, 1):
+        level = round((lab.dy - 5) / LABEL_STEP)  # crowded points: numbers side by side, not stacked far up
+        ax.annotate(str(i), (lab.x, lab.y), textcoords="offset points", xytext=(4 + 13 * level, 3), fontsize=8,
+                    fontweight="bold")
+    fig.text(0.705, 0.93, "\n".join(f"{i:>2}  {lab.text}  ({lab.x:.1f}, {lab.y:.1f})" for i, lab in enumerate(labels, 1)), va="top",
+             fontsize=7.5, family="monospace")
     front = sorted((100 * r.value(PARETO_X), 100 * r.value(PARETO_Y)) for r in pts if r.pareto)
     ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="tab:red", lw=1.2, zorder=2,
             label="Pareto front")
@@ -578,6 +584,6 @@ def plot(rows: Sequence[Row], path: Path | str) -> Path:
     ax.set_ylabel("safety: jailbreak refusal rate, % (higher is better)")
     ax.set_title("Safety-utility trade-off (bars: 95 % bootstrap CI)")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.695, 1))
     fig.savefig(path, format="png")
     return path

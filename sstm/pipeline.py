@@ -10,7 +10,7 @@ individual commands call; this module only chooses their settings and order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +39,18 @@ class Preset:
     eval: dict[str, Any]  # EvalConfig fields
     k: tuple[int, ...]
     w: tuple[float, ...]
-    minutes: int = field(default=0, compare=False)  # measured wall time on 2 CPU cores, for --help
 
 
-# `sstm run --quick`: a smoke-size run. Fishers: enough samples for the top directions of
-# the r^2 = 256-dim Fishers, ~1 minute per role on 2 cores.
+# `sstm run --quick`: a smoke-size run, 8 minutes on 2 CPU cores. Fishers: enough samples
+# for the top directions of the r^2 = 256-dim Fishers, ~1 minute per role on 2 cores.
 QUICK = Preset(train=TRAIN_QUICK, fisher={"samples": 32, "batch_size": 8, "max_len": 256}, eval=EVAL_QUICK,
-               k=(128,), w=(0.75,), minutes=6)
-# `sstm run`: the run the README's results come from, about an hour on 2 CPU cores.
+               k=(128,), w=(0.75,))
+# `sstm run`: the run the README's results come from, 44 minutes on 2 CPU cores.
 STANDARD = Preset(
     train={"samples": 256, "epochs": 1.0, "lr": 5e-4, "max_len": 512},
     fisher={"samples": 128, "batch_size": 8, "max_len": 512},
     eval={"suites": DEFAULT_SUITES, "samples": 64, "max_new_tokens": 64, "max_context_tokens": 512},
-    k=(64, 128), w=(0.75, 1.0), minutes=60,
+    k=(64, 128), w=(0.75, 1.0),
 )
 
 
@@ -68,7 +67,7 @@ class RunConfig:
     suites: tuple[str, ...] | None = None
     baselines: tuple[str, ...] = BASELINES
     density: float = 0.5
-    judge: str = "gcg"  # refusal judge of the jailbreak / over-refusal suites
+    judge: str = "gcg-extended"  # refusal judge of the jailbreak / over-refusal suites
     seed: int = 0
     utility_adapter: str | None = None  # with skip_training: PEFT dirs (or adapter ids)
     safety_adapter: str | None = None

@@ -55,7 +55,7 @@ class EvalConfig:
     samples: int | None = None  # rows per suite (None: the whole held-out split)
     batch_size: int = 16
     max_new_tokens: int = 128
-    judge: str = "gcg"  # built-in judge name or a file of refusal phrases
+    judge: str = "gcg-extended"  # built-in judge name (gcg, gcg-extended) or a file of refusal phrases
     max_context_tokens: int | None = 1024  # budget for repliqa documents and default jailbreak templates
     # suite -> a file, a `dataset` artifact or its id (entries of suites not evaluated are ignored)
     data: dict[str, str | Artifact] = field(default_factory=dict)

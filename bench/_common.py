@@ -20,10 +20,11 @@ def _git(*args: str) -> str | None:
 
 
 def provenance() -> dict:
-    """sstm version, git commit of the tree measured, and whether tracked files differed from it."""
+    """sstm version, git commit of the tree measured, and whether its code (sstm/, the bench scripts)
+    differed from that commit; edited docs or earlier results do not count."""
     import sstm
 
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", "sstm", "bench", ":(exclude)bench/results")
     return {"sstm_version": sstm.__version__, "git_commit": _git("rev-parse", "HEAD"),
             "git_dirty": None if status is None else bool(status)}
 

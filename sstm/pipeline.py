@@ -60,7 +60,7 @@ class RunConfig:
     model: str = EMBEDDED
     k: tuple[int, ...] | None = None  # None: the preset's
     w: tuple[float, ...] | None = None
-    epochs: float | None = None  # None: the training default (or the quick one)
+    epochs: float | None = None  # None: the preset's
     samples: int | None = None  # training rows per role
     fisher_samples: int | None = None
     eval_samples: int | None = None

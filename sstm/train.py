@@ -8,7 +8,7 @@ registered ``dataset``); params hold every training choice. Same inputs -> same 
 Training is plain transformers ``Trainer`` + PEFT LoRA on q/k/v/o/gate/up/down and
 lm_head (ΔW = (alpha/r)·B·A per module, B initialised to 0 so training starts at the
 base model). The loss is the mean next-token cross-entropy over *response* tokens
-only: :func:`sstm.data.chat.encode_example` labels the prompt -100. The adapter is
+only: :func:`sstm.chat.encode_example` labels the prompt -100. The adapter is
 saved with ``save_embedding_layers=False`` (only lora_A/lora_B, never the full
 embedding/lm_head weights PEFT would otherwise copy because lm_head is a target).
 
@@ -31,35 +31,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
+import re
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
 
+from sstm.adapters import check_role, save_peft
+from sstm.chat import collate, encode_rows
 from sstm.data import load_rows
-from sstm.data.chat import collate, encode_rows
 from sstm.errors import SSTMError
 from sstm.models import DTYPES, EMBEDDED, dtype_name, load_base, pick_device, resolve_base
-from sstm.registry import Artifact, Registry, artifact_id, canonical_json, code_fingerprint, sha256_file
-from sstm.ui import progress, warn
+from sstm.registry import Artifact, Registry, artifact_id, canonical_json, code_fingerprint
+from sstm.train_data import RESERVED_TOKENS, training_data
+from sstm.ui import progress, quiet_library_warnings, warn
 
-ROLES = ("utility", "safety")
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
-CODE = ("train.py", "data/chat.py")
-# Tokens of --max-len kept for the chat markup, the request and the refusal; a jailbreak
-# template of the embedded safety data may use the rest (max_template_tokens = max_len - this).
-RESERVED_TOKENS = 128
-
-# The quick setting (`sstm run --quick`): both adapters train in about 4 minutes on 2 CPU cores.
-# Embedded safety data: a quarter of the rows are benign requests with the base model's own answers.
-BENIGN_FRACTION = 0.25
-
-QUICK = {"samples": 48, "epochs": 1.0, "max_len": 256, "lr": 1e-3, "batch_size": 4}
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -82,18 +73,20 @@ class TrainConfig:
     warmup: float = 0.0  # warmup steps: an int, or a float in [0, 1) = a ratio of the steps
     target_modules: tuple[str, ...] = TARGET_MODULES
     # embedded safety data only: share of rows that are benign requests answered by the base model
-    benign_fraction: float = BENIGN_FRACTION
+    # (without them a safety adapter learns to refuse everything)
+    benign_fraction: float = 0.25
     device: str = "auto"
     dtype: str = "float32"
 
-    def check(self) -> None:
-        if self.role not in ROLES:
-            raise SSTMError(f"--role {self.role}: expected one of {', '.join(ROLES)}")
+    def __post_init__(self) -> None:
+        """Every option checked before anything is built: one line naming the option."""
+        check_role(self.role)
         for name in ("rank", "alpha", "batch_size", "grad_accum", "max_len"):
             if getattr(self, name) < 1:
                 raise SSTMError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
-        if self.epochs <= 0 or self.lr <= 0:
-            raise SSTMError("--epochs and --lr must be positive")
+        for name in ("epochs", "lr"):
+            if not getattr(self, name) > 0:
+                raise SSTMError(f"--{name} {getattr(self, name)}: must be positive")
         if self.samples is not None and self.samples < 1:
             raise SSTMError(f"--samples {self.samples}: must be at least 1")
         if self.max_len < RESERVED_TOKENS + 32 and self.role == "safety" and self.data is None:
@@ -104,37 +97,13 @@ class TrainConfig:
             raise SSTMError(f"--dropout {self.dropout}: expected a value in [0, 1)")
         if not 0 <= self.benign_fraction < 1:
             raise SSTMError(f"--benign-fraction {self.benign_fraction}: expected a value in [0, 1)")
-
-
-def quick(role: str, **overrides) -> TrainConfig:
-    """The quick-setting config of a role (`sstm run --quick`)."""
-    return TrainConfig(role=role, **(QUICK | overrides))
+        if not (self.warmup >= 0 and (self.warmup < 1 or float(self.warmup).is_integer())):
+            raise SSTMError(f"--warmup {self.warmup}: expected a step count or a ratio in [0, 1)")
+        if not DEVICE.match(self.device):
+            raise SSTMError(f"--device {self.device}: expected auto, cpu, mps, cuda or cuda:N")
 
 
 # --------------------------------------------------------------------------- data
-
-
-def training_data(reg: Registry, cfg: TrainConfig, base: Artifact, tokenizer) -> Artifact:
-    """The registered training split of `cfg.role`.
-
-    Embedded safety data: jailbreak templates capped to the context budget, and a share
-    `benign_fraction` of the rows are benign requests answered by the base model
-    (:func:`sstm.data.benign.helpful_split`), capped at the size of that pool.
-    """
-    from sstm.data import safety_split, utility_split
-    from sstm.data.benign import helpful_split
-    from sstm.data.safety import DEFAULT_N, mixed_split
-
-    if cfg.role == "utility":
-        return utility_split(reg, "train", source=cfg.data, n=cfg.samples, seed=cfg.seed)
-    if cfg.data is not None:
-        return safety_split(reg, "train", source=cfg.data, n=cfg.samples, seed=cfg.seed)
-    n = cfg.samples or DEFAULT_N["train"]
-    helpful = helpful_split(reg, base, cfg.device) if cfg.benign_fraction > 0 else None
-    n_helpful = min(round(n * cfg.benign_fraction), int(helpful.metrics["n"])) if helpful else 0
-    refusals = safety_split(reg, "train", n=n - n_helpful, seed=cfg.seed, max_template_tokens=cfg.max_len - RESERVED_TOKENS,
-                            tokenizer=tokenizer)
-    return mixed_split(reg, refusals, helpful, n_helpful, cfg.seed) if n_helpful else refusals
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -156,19 +125,6 @@ def lora_config(cfg: TrainConfig):
 
     return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
                       target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
-
-
-@contextlib.contextmanager
-def quiet_library_warnings():
-    """Silence two known, harmless library warnings during LoRA setup and training.
-
-    PEFT warns that lm_head is tied to the input embedding: the LoRA deliberately adapts
-    the output projection only. transformers warns about its own deprecated property.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*tied layer is part of the adapter.*")
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated.*")
-        yield
 
 
 @torch.no_grad()
@@ -287,7 +243,7 @@ def fit(base: Artifact, rows: list[dict], cfg: TrainConfig, out: Path, device: s
         loss_final = batch_loss(model, probe)
         main = trainer.is_world_process_zero()
     if main:
-        model.save_pretrained(out, save_embedding_layers=False)
+        save_peft(model, out)
     tokens = sum(len(e["input_ids"]) for e in examples) * cfg.epochs
     return {
         "loss_initial": loss_initial,
@@ -310,11 +266,9 @@ def _world() -> tuple[int, int]:
 
 def train(reg: Registry, cfg: TrainConfig) -> Artifact:
     """The `adapter` artifact for `cfg`: trained now, or a cache hit when these exact inputs were trained before."""
-    cfg.check()
     device = pick_device(cfg.device)
     base = resolve_base(reg, cfg.model)
-    tok = base_tokenizer(base)
-    data = training_data(reg, cfg, base, tok)
+    data = training_data(reg, cfg, base, base_tokenizer(base))
     rows = load_rows(data)
     rank, world = _world()
     params = {
@@ -326,7 +280,7 @@ def train(reg: Registry, cfg: TrainConfig) -> Artifact:
         "samples": len(rows),
     }
     inputs = {"base": base, "data": data}
-    code = code_fingerprint(*CODE)
+    code = code_fingerprint(__name__)
     label = f"{cfg.role} r{cfg.rank} n{len(rows)}"
 
     def build(out: Path) -> dict[str, float]:
@@ -366,109 +320,4 @@ def _train_distributed(reg, params, inputs, code, build, label, seed, rank, wait
     return art
 
 
-# --------------------------------------------------------------------------- --from-dir
-
-
-def _meta_modules(base: Artifact) -> dict[str, torch.nn.Module]:
-    """The base model's modules by name, instantiated on the meta device (no weights loaded)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base.path))
-    return dict(model.named_modules())
-
-
-def _module_dims(module: torch.nn.Module) -> tuple[int, int] | None:
-    """(in_features, out_features) of a Linear or Embedding (as y = ΔW x), None otherwise."""
-    if isinstance(module, torch.nn.Linear):
-        return module.in_features, module.out_features
-    if isinstance(module, torch.nn.Embedding):
-        return module.num_embeddings, module.embedding_dim
-    return None
-
-
-def check_adapter_fits(path: Path, tensors: dict[str, tuple], base: Artifact) -> list[str]:
-    """Check every LoRA tensor against the base module it adapts; returns the adapted module names.
-
-    For y = W x + B A x: lora_A of module m has shape (r, in_features(m)) and lora_B has
-    (out_features(m), r) (an Embedding counts as in = num_embeddings, out = embedding_dim).
-    """
-    modules = _meta_modules(base)
-    names = set()
-    for key, shape in tensors.items():
-        if ".lora_" not in key:
-            continue
-        which = "A" if (".lora_A" in key or ".lora_embedding_A" in key) else "B"
-        mod = key.split(".lora_")[0].removeprefix("base_model.model.")
-        target = modules.get(mod)
-        if target is None:
-            raise SSTMError(f"adapter {path}: module {mod} does not exist in base {base.label or base.short} "
-                            f"(trained for another architecture?)")
-        dims = _module_dims(target)
-        if dims is None:
-            raise SSTMError(f"adapter {path}: {mod} is a {type(target).__name__}, not a Linear/Embedding layer")
-        got, want = (shape[1], dims[0]) if which == "A" else (shape[0], dims[1])
-        if len(shape) != 2 or got != want:
-            raise SSTMError(f"adapter {path}: lora_{which} of {mod} has shape {tuple(shape)}, but base "
-                            f"{base.label or base.short} has {'in' if which == 'A' else 'out'}_features {want} "
-                            f"there (trained on another base model?)")
-        names.add(mod.split(".")[-1])
-    if not names:
-        raise SSTMError(f"adapter {path}: adapter_model.safetensors holds no LoRA tensors")
-    return sorted(names)
-
-
-def register_adapter_dir(reg: Registry, path: str | Path, role: str, base: Artifact) -> Artifact:
-    """Register an existing PEFT LoRA adapter directory as an `adapter` artifact on `base`.
-
-    Only the lora_A/lora_B tensors are kept (embedding copies PEFT may have saved are
-    dropped; they equal the base weights); the adapter must fit the base module by module.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    if role not in ROLES:
-        raise SSTMError(f"--role {role}: expected one of {', '.join(ROLES)}")
-    path = Path(path).expanduser()
-    if not path.is_dir():
-        raise SSTMError(f"--from-dir {path}: not a directory")
-    config_path, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
-    if not config_path.is_file():
-        raise SSTMError(f"--from-dir {path}: no adapter_config.json (not a PEFT adapter directory)")
-    if not weights.is_file():
-        hint = " (adapter_model.bin found: re-save it with safe_serialization=True)" if (path / "adapter_model.bin").exists() else ""
-        raise SSTMError(f"--from-dir {path}: no adapter_model.safetensors{hint}")
-    try:
-        adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SSTMError(f"{config_path}: not valid JSON ({e})") from None
-    if adapter_config.get("peft_type") != "LORA":
-        raise SSTMError(f"--from-dir {path}: peft_type is {adapter_config.get('peft_type')}, only LORA adapters are supported")
-    if adapter_config.get("modules_to_save"):
-        raise SSTMError(f"--from-dir {path}: modules_to_save ({adapter_config['modules_to_save']}) is not supported")
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:  # safetensors raises SafetensorError on a corrupt header
-        raise SSTMError(f"{weights}: not a readable safetensors file ({e})") from None
-    modules = check_adapter_fits(path, shapes, base)
-    lora_keys = [k for k in shapes if ".lora_" in k]
-    params = {"role": role, "source": "dir", "sha256": sha256_file(weights),
-              "config_sha256": sha256_file(config_path), "rank": adapter_config.get("r"),
-              "alpha": adapter_config.get("lora_alpha"), "target_modules": modules,
-              "declared_base": adapter_config.get("base_model_name_or_path")}
-
-    def build(out: Path) -> None:
-        shutil.copyfile(config_path, out / "adapter_config.json")
-        if len(lora_keys) == len(shapes):
-            shutil.copyfile(weights, out / "adapter_model.safetensors")
-        else:
-            with safe_open(str(weights), framework="pt") as f:
-                save_file({k: f.get_tensor(k) for k in lora_keys}, str(out / "adapter_model.safetensors"),
-                          metadata={"format": "pt"})
-
-    return reg.get_or_build("adapter", params, {"base": base}, code_fingerprint(*CODE), build,
-                            label=f"{role} (from {path.name})")
-
-
-__all__ = ["QUICK", "ROLES", "TARGET_MODULES", "TrainConfig", "fit", "quick", "register_adapter_dir", "train"]
+__all__ = ["TARGET_MODULES", "TrainConfig", "fit", "train"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import warnings
 from typing import Iterator
 
 from rich.console import Console
@@ -16,6 +18,31 @@ from rich.progress import (
 )
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# Harmless library warnings that every adapter load or training run would print: PEFT warns that
+# lm_head is tied to the input embedding (the LoRA deliberately adapts the output projection
+# only); transformers warns about its own deprecated property.
+LIBRARY_WARNINGS = (".*tied layer is part of the adapter.*", ".*is_gradient_checkpointing.*deprecated.*")
+
+
+def _ignore_library_warnings() -> None:
+    for pattern in LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+@contextlib.contextmanager
+def quiet_library_warnings() -> Iterator[None]:
+    """Silence :data:`LIBRARY_WARNINGS` inside the block (library code called from Python)."""
+    with warnings.catch_warnings():
+        _ignore_library_warnings()
+        yield
+
+
+def quiet_libraries() -> None:
+    """For the command line: keep stderr for sstm's own progress (no per-load library progress
+    bars, none of :data:`LIBRARY_WARNINGS`). Imports no library."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    _ignore_library_warnings()
 
 
 def info(msg: str) -> None:

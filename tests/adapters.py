@@ -83,7 +83,7 @@ def make_adapter(reg: Registry, base: Artifact, role: str, rank: int = 4, alpha:
 
 
 def fake_answers(model, tok, messages, **kw):
-    """Stands in for `sstm.evaluate.generate.generate`: the tiny random model answers nothing readable."""
-    from sstm.evaluate.generate import Generation
+    """Stands in for `sstm.generate.generate`: the tiny random model answers nothing readable."""
+    from sstm.generate import Generation
 
     return [Generation(f"Answer number {i}.", 5) for i in range(len(messages))]

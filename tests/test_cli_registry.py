@@ -62,6 +62,7 @@ def test_ls_show_diff_verify_gc(reg):
     assert "identical" in r.output
     r = invoke("verify")
     assert r.exit_code == 0 and "3 artifacts" in r.output
+    (a.path / "f.txt").chmod(0o644)  # registered files are read-only
     (a.path / "f.txt").write_text("tampered")
     r = invoke("verify")
     assert r.exit_code == 1 and "corrupt" in r.output
@@ -108,6 +109,13 @@ def test_missing_home_option_dir(tmp_path):
 def test_corrupt_registry_file(home):
     (home / "registry.db").write_bytes(b"this is not sqlite at all" * 100)
     assert_user_error(invoke("ls"), "not a valid SQLite database")
+
+
+def test_registry_of_an_older_sstm(home):
+    from test_registry import _old_schema_db
+
+    _old_schema_db(home / "registry.db")
+    assert_user_error(invoke("ls"), "made by another version of sstm")
 
 
 def test_bad_kind(home):

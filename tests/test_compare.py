@@ -3,7 +3,9 @@
 import csv
 import io
 import json
+import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from sstm.cli import app
-from sstm.compare import (LABEL_STEP, CompareConfig, bootstrap_ci, compare, label_layout, pareto_front, plot,
-                          render_table)
+from sstm.compare import CompareConfig, compare, matched_safety
+from sstm.plot import LABEL_STEP, label_layout, plot
+from sstm.render import metric_cell, render_table, to_csv
+from sstm.stats import wilson_ci
 from sstm.data import register_rows
 from sstm.errors import SSTMError
 from cli_checks import assert_user_error
@@ -22,16 +26,19 @@ runner = CliRunner()
 METRIC_NAME = {"jailbreak": "jailbreak.refusal_rate", "repliqa": "repliqa.rouge_l",
                "overrefusal": "overrefusal.refusal_rate", "mmlu": "mmlu.accuracy"}
 
-# method -> (jailbreak refusal rate, ROUGE-L): ta is dominated by sst, base by everything.
+# method -> (jailbreak refusal rate, ROUGE-L, over-refusal rate): in the refusal/ROUGE-L plane ta is
+# dominated by sst and base by everything; ta refuses no benign prompt, so it is optimal over all three.
 TRUTH = {
-    "base": (0.0, 0.20),
-    "utility": (0.10, 0.60),
-    "safety": (0.90, 0.10),
-    "sst": (0.80, 0.50),
-    "ta": (0.70, 0.45),
-    "ties": (0.50, 0.55),
+    "base": (0.0, 0.20, None),  # no over-refusal eval: never optimal
+    "utility": (0.10, 0.60, 0.0),
+    "safety": (0.90, 0.10, 0.40),
+    "sst": (0.80, 0.50, 0.15),
+    "ta": (0.70, 0.45, 0.0),
+    "ties": (0.50, 0.55, 0.10),
 }
-PARETO = {"utility", "safety", "sst", "ties"}
+PARETO_2D = {"utility", "safety", "sst", "ties"}
+PARETO = PARETO_2D | {"ta"}
+JUDGE = {"judge": "gcg-extended", "judge_sha256": "ab" * 32}
 
 
 def _art(reg, kind, params, inputs, code="c0", files=None, metrics=None, label=""):
@@ -43,9 +50,11 @@ def _art(reg, kind, params, inputs, code="c0", files=None, metrics=None, label="
     return reg.get_or_build(kind, params, inputs, code, build, label=label, quiet=True)
 
 
-def fab_eval(reg, model, base, data, suite, scores, status="ok", reason=None, answerable=None, samples=None):
-    """An eval artifact in the fixed format: metrics.json + samples.jsonl with a `score` per sample."""
-    rows = [{"prompt": f"p{i}", "response": "r", "score": float(s)} for i, s in enumerate(scores)]
+def fab_eval(reg, model, base, data, suite, scores, status="ok", reason=None, answerable=None, samples=None,
+             ids=None, judge=None):
+    """An eval artifact in the fixed format: metrics.json + samples.jsonl with an `id` and a `score` per sample."""
+    ids = range(len(scores)) if ids is None else ids
+    rows = [{"id": i, "prompt": f"p{i}", "response": "r", "score": float(s)} for i, s in zip(ids, scores)]
     if answerable is not None:
         for r, a in zip(rows, answerable):
             r["answerable"] = bool(a)
@@ -61,6 +70,7 @@ def fab_eval(reg, model, base, data, suite, scores, status="ok", reason=None, an
     files = {"metrics.json": json.dumps(meta), "samples.jsonl": "".join(json.dumps(r) + "\n" for r in rows)}
     inputs = {"model": model, "base": base} | ({"data": data} if data is not None else {})
     params = {"suite": suite, "samples": samples if samples is not None else len(rows), "max_new_tokens": 32}
+    params |= (judge or JUDGE) if suite in ("jailbreak", "overrefusal") else {}
     return _art(reg, "eval", params, inputs, "evalcode", files, metrics)
 
 
@@ -99,62 +109,18 @@ def world(reg):
         "ties": _art(reg, "merged", {"method": "ties", "w": 0.8, "density": 0.5}, pair, "mergecode"),
     }
     answerable = np.arange(20) % 5 != 0  # 20 % unanswerable, as RepliQA
-    for method, (j, r) in TRUTH.items():
+    for method, (j, r, o) in TRUTH.items():
         m = models[method]
         fab_eval(reg, m, base, jb, "jailbreak", binary(j))
         fab_eval(reg, m, base, rq, "repliqa", rouge(r), answerable=list(answerable))
-    # over-refusal only for some models; MMLU unavailable offline for the base
-    fab_eval(reg, models["sst"], base, orf, "overrefusal", binary(0.15))
-    fab_eval(reg, models["safety"], base, orf, "overrefusal", binary(0.40))
-    fab_eval(reg, models["utility"], base, orf, "overrefusal", binary(0.05))
+        if o is not None:
+            fab_eval(reg, m, base, orf, "overrefusal", binary(o))
     fab_eval(reg, base, base, None, "mmlu", [], status="unavailable", reason="cais/mmlu not reachable offline")
-    return {"reg": reg, "models": models, "base": base}
+    return {"reg": reg, "models": models, "base": base, "data": {"jailbreak": jb, "repliqa": rq, "overrefusal": orf}}
 
 
 def invoke(home, *args):
     return runner.invoke(app, ["--home", str(home), "compare", *args])
-
-
-# --------------------------------------------------------------------------- math
-
-
-def test_bootstrap_contains_mean_and_matches_direct_numpy():
-    x = np.random.default_rng(7).random(50)
-    mean, lo, hi = bootstrap_ci(x, n=2000, seed=0)
-    assert lo < mean < hi and mean == pytest.approx(x.mean())
-    idx = np.random.default_rng(0).integers(0, 50, size=(2000, 50))
-    assert (lo, hi) == pytest.approx(tuple(np.percentile(x[idx].mean(axis=1), [2.5, 97.5])), abs=1e-15)
-    assert bootstrap_ci(x, 2000, 0) == bootstrap_ci(x, 2000, 0)
-    assert bootstrap_ci(x, 2000, 1) != bootstrap_ci(x, 2000, 0)
-
-
-def test_bootstrap_chunked_draw_equals_one_draw():
-    """n = 3000 samples x 2000 resamples exceeds one chunk: same numbers as one big draw."""
-    x = (np.random.default_rng(3).random(3000) < 0.3).astype(float)
-    mean, lo, hi = bootstrap_ci(x)
-    idx = np.random.default_rng(0).integers(0, 3000, size=(2000, 3000))
-    assert (lo, hi) == pytest.approx(tuple(np.percentile(x[idx].mean(axis=1), [2.5, 97.5])), abs=1e-15)
-
-
-def test_bootstrap_shrinks_with_more_samples():
-    widths = []
-    for n in (40, 400, 4000):
-        x = binary(0.5, n)
-        mean, lo, hi = bootstrap_ci(x)
-        assert lo <= mean <= hi
-        widths.append(hi - lo)
-    assert widths[0] > widths[1] > widths[2] > 0
-    # binomial: the 95 % width is about 2 * 1.96 * sqrt(p(1-p)/n)
-    assert widths[1] == pytest.approx(2 * 1.96 * np.sqrt(0.25 / 400), rel=0.15)
-    assert bootstrap_ci([0.3]) == (0.3, 0.3, 0.3)
-    with pytest.raises(ValueError):
-        bootstrap_ci([])
-
-
-def test_pareto_front():
-    pts = [(0.5, 0.8), (0.45, 0.7), (0.6, 0.1), (0.1, 0.9), (0.5, 0.8), (None, 1.0), (0.2, None), (0.5, 0.75)]
-    assert pareto_front(pts) == [True, False, True, True, True, False, False, False]
-    assert pareto_front([]) == []
 
 
 # --------------------------------------------------------------------------- compare()
@@ -164,13 +130,17 @@ def test_rows_metrics_and_pareto(world):
     rows = compare(world["reg"], CompareConfig())
     by = {r.method: r for r in rows}
     assert set(by) == set(TRUTH)
-    for method, (j, r) in TRUTH.items():
+    for method, (j, r, o) in TRUTH.items():
         row = by[method]
         assert row.value("jailbreak") == pytest.approx(j)
         assert row.value("rouge_l") == pytest.approx(r)
+        assert row.value("overrefusal") == (None if o is None else pytest.approx(o))
         assert row.pareto == (method in PARETO), method
         lo, hi = row.metrics["rouge_l"].lo, row.metrics["rouge_l"].hi
-        assert lo <= r <= hi and row.metrics["rouge_l"].n == 20
+        assert lo <= r <= hi and row.metrics["rouge_l"].n == 20 and row.metrics["rouge_l"].interval == "bootstrap"
+        jb = row.metrics["jailbreak"]
+        assert (jb.value, jb.lo, jb.hi) == wilson_ci(binary(j)) and jb.interval == "wilson"
+        assert row.evals["jailbreak"].n == 20 and row.evals["jailbreak"].judge == "gcg-extended"
     assert [r.method for r in rows] == ["utility", "ties", "sst", "ta", "base", "safety"]  # rouge_l, best first
     sst = by["sst"]
     assert (sst.k, sst.w, sst.samples, sst.density, sst.code) == (20, 1.0, 64, None, "mergecode")
@@ -178,14 +148,14 @@ def test_rows_metrics_and_pareto(world):
     assert sst.metrics["rouge_l_answerable"].n == 16 and sst.metrics["rouge_l_unanswerable"].n == 4
     assert by["base"].metrics["mmlu"].status == "unavailable"
     assert "offline" in by["base"].metrics["mmlu"].reason
-    assert "overrefusal" not in by["ta"].metrics
+    assert "overrefusal" not in by["base"].metrics
 
 
-def table_text(rows, width=200, **kw):
+def table_text(rows, width=200, cfg=None):
     from rich.console import Console
 
     con = Console(width=width, record=True, file=io.StringIO())
-    con.print(render_table(rows, width=width, **kw))
+    con.print(render_table(rows, cfg, width=width))
     return con.export_text()
 
 
@@ -199,11 +169,18 @@ def test_render_table_marks_pareto_and_missing(world):
         assert cells[(cells[0] == "★") + 1] == method
     sst = lines[first["sst"]].split()
     assert ["k=20", "80.0", "50.0", "15.0", "-"] == [c for c in sst if c in ("k=20", "80.0", "50.0", "15.0", "-")]
-    assert "60.0–95.0" in lines[first["sst"] + 1]  # CI of 16/20 refusals, below the value
+    assert "58.4–91.9" in lines[first["sst"] + 1]  # Wilson interval of 16/20 refusals, below the value
+    assert "0.0–16.1" in lines[first["ta"] + 1] and "0.0–0.0" not in "".join(lines)  # 0/20: never (0–0)
     assert "w=1" in lines[first["sst"] + 1] and "fisher n=64" in lines[first["sst"] + 2]
     assert lines[first["base"]].split()[-1] == "n/a"  # MMLU unavailable offline
-    assert lines[first["ta"]].split()[-2:] == ["-", "-"]  # no over-refusal, no MMLU eval
-    assert "mergecod" in lines[first["ta"]] and "jb:" in lines[first["ta"]]
+    assert lines[first["ta"]].split()[-2:] == ["0.0", "-"]  # no MMLU eval
+    assert lines[first["base"]].split()[-2:] == ["-", "n/a"]  # no over-refusal eval
+    ta = lines[first["ta"]].split()
+    assert "mergecod" in ta and ta[ta.index("jb:" + rows[0].evals["jailbreak"].data_id[:6]) + 1:][:2] == [
+        "20", "gcg-extended#abababab"]  # data, n and judge of the jailbreak eval
+    text = " ".join(table_text(rows).split())
+    assert "evals: jb data " + rows[0].evals["jailbreak"].data_id[:8] + " · n 20 · judge gcg-extended#abababab" in text
+    assert "power: rate differences under 44.3 points (n = 20: jailbreak, overrefusal)" in text
 
 
 def test_render_table_narrow_hides_optional_columns(world):
@@ -254,9 +231,15 @@ def test_cli_json_and_csv_parse(world):
     r = invoke(home, "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["bootstrap"] == {"method": "percentile", "statistic": "mean", "resamples": 2000, "seed": 0,
-                                "level": 0.95}
+    assert doc["intervals"]["rate"] == "wilson" and doc["intervals"]["level"] == 0.95
+    assert doc["intervals"]["mean"] == {"method": "percentile bootstrap", "resamples": 2000, "seed": 0}
     assert {row["method"] for row in doc["rows"] if row["pareto"]} == PARETO
+    assert doc["pareto"]["objectives"]["overrefusal"] == {"higher_better": False} and doc["vs"] is None
+    assert doc["protocol"]["jailbreak"]["n"] == 20 and doc["protocol"]["jailbreak"]["judge"].startswith("gcg-ext")
+    assert doc["power"] == [{"n": 20, "metrics": ["jailbreak", "overrefusal"], "alpha": 0.05, "power": 0.8,
+                             "p": 0.5, "detectable_difference": pytest.approx(0.4429, abs=1e-4)}]
+    assert doc["matched_safety"]["target_refusal"] == 0.9 and not doc["matched_safety"]["interpolated"]
+    assert all("scores" not in m for row in doc["rows"] for m in row["metrics"].values())
     mmlu = next(row for row in doc["rows"] if row["method"] == "base")["metrics"]["mmlu"]
     assert mmlu["status"] == "unavailable" and "offline" in mmlu["reason"]
     assert all(len(row["model_id"]) == 64 for row in doc["rows"])
@@ -270,6 +253,8 @@ def test_cli_json_and_csv_parse(world):
     assert float(sst["jailbreak_lo"]) <= 0.8 <= float(sst["jailbreak_hi"])
     assert recs[0]["mmlu_status"] == "missing" and recs[-1]["mmlu_status"] == "unavailable"
     assert recs[-1]["data_repliqa"] and recs[-1]["data_mmlu"] == ""
+    assert sst["n_jailbreak"] == "20" and sst["judge_jailbreak"] == "gcg-extended#abababab"
+    assert sst["judge_repliqa"] == "" and "jailbreak_delta" not in sst  # no --vs
 
 
 def test_cli_sort_by_metric(world):
@@ -279,7 +264,7 @@ def test_cli_sort_by_metric(world):
     assert order("--metric", "repliqa.rouge_l") == order("--metric", "rouge_l")
     assert order("--metric", "jailbreak.refusal_rate") == ["safety", "sst", "ta", "ties", "utility", "base"]
     # over-refusal: lower is better, models without it last
-    assert order("--metric", "overrefusal")[:3] == ["utility", "sst", "safety"]
+    assert order("--metric", "overrefusal") == ["ta", "utility", "ties", "sst", "safety", "base"]
 
 
 def test_cli_where_filters(world):
@@ -390,7 +375,7 @@ def test_registered_value_without_samples_and_mismatch_warning(reg, capsys):
          {"repliqa.rouge_l": 0.9})
     (row,) = compare(reg, CompareConfig())
     jb, rl = row.metrics["jailbreak"], row.metrics["rouge_l"]
-    assert (jb.value, jb.lo, jb.n, jb.cell()) == (0.4, None, 0, "40.0")
+    assert (jb.value, jb.lo, jb.n, metric_cell(jb)) == (0.4, None, 0, "40.0")
     assert rl.value == 0.25 and rl.registered == 0.9 and rl.lo <= 0.25 <= rl.hi
     assert "differs from the mean" in capsys.readouterr().err
     assert "rouge_l_answerable" not in row.metrics  # samples say nothing about answerability
@@ -404,3 +389,214 @@ def test_malformed_samples_is_a_user_error(reg):
           "samples.jsonl": json.dumps({"score": "yes"}) + "\n"})
     with pytest.raises(SSTMError, match="not a finite number"):
         compare(reg, CompareConfig())
+
+
+def test_missing_or_bad_record_file_is_an_error_naming_the_eval(world):
+    """A registered eval without its metrics.json or samples.jsonl is never read as "ok"."""
+    import os
+
+    reg, sst, base = world["reg"], world["models"]["sst"], world["base"]
+    orf = reg.get(compare(reg, CompareConfig(where=("method=sst",)))[0].evals["overrefusal"].data_id)
+    ev = fab_eval(reg, sst, base, orf, "overrefusal", binary(0.5, 8), samples=8)
+    os.chmod(ev.path, 0o755)  # registered artifact directories may be read-only
+    (ev.path / "samples.jsonl").unlink()
+    with pytest.raises(SSTMError, match=f"eval {ev.short}: samples.jsonl is missing"):
+        compare(reg, CompareConfig())
+    assert_user_error(invoke(reg.home), "samples.jsonl is missing")
+    (ev.path / "metrics.json").write_text(json.dumps({"suite": "overrefusal"}))  # no status
+    with pytest.raises(SSTMError, match=f"eval {ev.short}: .*no suite or no status"):
+        compare(reg, CompareConfig())
+    (ev.path / "metrics.json").unlink()
+    with pytest.raises(SSTMError, match=f"eval {ev.short}: metrics.json is missing"):
+        compare(reg, CompareConfig())
+
+
+# --------------------------------------------------------------------------- protocol, --vs, matched safety
+
+
+def test_pareto_is_over_three_objectives(world):
+    """ta is dominated in the refusal/ROUGE-L plane (by sst) but refuses fewer benign prompts: optimal in 3-D."""
+    from sstm.stats import pareto_front
+
+    rows = compare(world["reg"], CompareConfig())
+    plane = pareto_front([(r.value("jailbreak"), r.value("rouge_l")) for r in rows])
+    assert {r.method for r, opt in zip(rows, plane) if opt} == PARETO_2D
+    assert {r.method for r in rows if r.pareto} == PARETO == PARETO_2D | {"ta"}
+
+
+def test_refuses_to_mix_data_n_or_judge(world):
+    reg, models, base, data = world["reg"], world["models"], world["base"], world["data"]
+    home = reg.home
+    sst, ta = models["sst"], models["ta"]
+    older = compare(reg, CompareConfig(where=("method=sst",)))[0].evals["repliqa"].eval_id
+    time.sleep(0.01)
+    fab_eval(reg, sst, base, data["repliqa"], "repliqa", rouge(0.5, 40), answerable=[True] * 40)
+    assert_user_error(invoke(home), "the repliqa evals differ in n (20, 40); add --mixed to show them in one table, "
+                                    "or narrow with --where n=20")
+    r = invoke(home, "--mixed", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["protocol"]["repliqa"]["n"] == [20, 40]
+    doc = json.loads(invoke(home, "--where", "n=20", "--json").stdout)  # the older 20-row eval of sst
+    assert next(x for x in doc["rows"] if x["method"] == "sst")["evals"]["repliqa"]["eval_id"] == older
+    assert invoke(home, "--where", "n=20").exit_code == 0
+    # the evals of one `sstm run` (what pipeline.run passes) are one protocol, whatever else the registry holds
+    run_evals = [e.eval_id for row in compare(reg, CompareConfig(where=("n=20",))) for e in row.evals.values()]
+    assert len(compare(reg, CompareConfig(evals=tuple(run_evals)))) == len(TRUTH)
+
+    gcg = {"judge": "gcg", "judge_sha256": "cd" * 32}
+    fab_eval(reg, ta, base, data["jailbreak"], "jailbreak", binary(0.7), judge=gcg, samples=21)
+    assert_user_error(invoke(home, "--where", "n=20"), "the jailbreak evals differ in judge "
+                                                       "(gcg#cdcdcdcd, gcg-extended#abababab); add --mixed")
+    other = register_rows(reg, "overrefusal-other", [{"prompt": "c", "response": "ok"}], {"kind": "t"}, quiet=True)
+    fab_eval(reg, sst, base, other, "overrefusal", binary(0.15), samples=22)
+    assert_user_error(invoke(home, "--where", "judge=gcg-extended", "--where", "n=20"),
+                      "the overrefusal evals differ in data")
+
+
+def test_vs_paired_differences_match_a_direct_computation(reg):
+    """Δ against a reference on the same prompts, matched by sample id (one file is in reverse order)."""
+    base = _art(reg, "base", {"source": "dir", "sha256": "e" * 64}, {}, "basecode")
+    a = _art(reg, "merged", {"method": "sst", "k": 8, "w": 1.0}, {"base": base}, "mergecode")
+    b = _art(reg, "merged", {"method": "ta", "w": 1.0}, {"base": base}, "mergecode")
+    jb = register_rows(reg, "jailbreak-eval", [{"prompt": "j", "response": "no"}], {"kind": "t"}, quiet=True)
+    rq = register_rows(reg, "repliqa-eval", [{"prompt": "q", "response": "a"}], {"kind": "t"}, quiet=True)
+    rng = np.random.default_rng(5)
+    n = 30
+    ja, jb_ = (rng.random(n) < 0.8).astype(float), (rng.random(n) < 0.5).astype(float)
+    ra = rng.random(n)
+    rb = np.clip(ra - 0.05 + 0.05 * rng.standard_normal(n), 0, 1)
+    ids = list(range(100, 100 + n))
+    fab_eval(reg, a, base, jb, "jailbreak", ja, ids=ids)
+    fab_eval(reg, a, base, rq, "repliqa", ra, ids=ids)
+    fab_eval(reg, b, base, jb, "jailbreak", jb_[::-1], ids=ids[::-1])
+    fab_eval(reg, b, base, rq, "repliqa", rb[::-1], ids=ids[::-1])
+    r = invoke(reg.home, "--json", "--vs", b.id[:10])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["vs"] == b.id
+    ref, row = (next(x for x in doc["rows"] if x["model_id"] == m.id) for m in (b, a))
+    assert ref["reference"] and ref["deltas"] == {} and not row["reference"]
+    idx = np.random.default_rng(0).integers(0, n, size=(2000, n))
+    for short, x, y in (("jailbreak", ja, jb_), ("rouge_l", ra, rb)):
+        d = row["deltas"][short]
+        assert d["value"] == pytest.approx((x - y).mean()) and d["n"] == n
+        assert (d["lo"], d["hi"]) == pytest.approx(tuple(np.percentile((x - y)[idx].mean(axis=1), [2.5, 97.5])))
+    up, down = int(((ja == 1) & (jb_ == 0)).sum()), int(((ja == 0) & (jb_ == 1)).sum())
+    m = up + down
+    tail = sum(math.comb(m, i) for i in range(min(up, down) + 1)) / 2 ** m
+    assert row["deltas"]["jailbreak"]["p"] == pytest.approx(min(1.0, 2 * tail))
+    assert row["deltas"]["rouge_l"]["p"] is None
+    csv_row = next(x for x in csv.DictReader(io.StringIO(invoke(reg.home, "--csv", "--vs", b.id).stdout))
+                   if x["model_id"] == a.id)
+    assert float(csv_row["jailbreak_delta"]) == pytest.approx((ja - jb_).mean())
+    text = " ".join(table_text(compare(reg, CompareConfig(vs=b.id))).split())
+    assert "ref" in text and f"Δ{100 * (ja - jb_).mean():+.1f}".replace("-", "−") in text and "McNemar" in text
+
+    # refusals, one line each: another dataset, other rows of the same dataset, not a model
+    c = _art(reg, "merged", {"method": "ta", "w": 2.0}, {"base": base}, "mergecode")
+    jb2 = register_rows(reg, "jailbreak-eval2", [{"prompt": "k", "response": "no"}], {"kind": "t"}, quiet=True)
+    fab_eval(reg, c, base, jb2, "jailbreak", ja)
+    assert_user_error(invoke(reg.home, "--vs", c.id, "--mixed"), "cannot pair jailbreak")
+    assert_user_error(invoke(reg.home, "--vs", c.id, "--mixed"), "different datasets")
+    d = _art(reg, "merged", {"method": "ta", "w": 3.0}, {"base": base}, "mergecode")
+    fab_eval(reg, d, base, rq, "repliqa", ra, ids=[i + 1 for i in ids])
+    assert_user_error(invoke(reg.home, "--vs", a.id, "--where", "model=" + d.id[:12]),
+                      "different samples of dataset")
+    assert_user_error(invoke(reg.home, "--vs", jb.id), "expected a model")
+
+
+def test_matched_safety_summary(reg):
+    """Per sweep: the first w meeting refusal >= 90 % and over-refusal <= 10 %, its ROUGE-L and the paired
+    ROUGE-L difference to ta at ta's own matched point."""
+    base = _art(reg, "base", {"source": "dir", "sha256": "f" * 64}, {}, "basecode")
+    jb = register_rows(reg, "jailbreak-eval", [{"prompt": "j", "response": "no"}], {"kind": "t"}, quiet=True)
+    rq = register_rows(reg, "repliqa-eval", [{"prompt": "q", "response": "a"}], {"kind": "t"}, quiet=True)
+    orf = register_rows(reg, "overrefusal-eval", [{"prompt": "b", "response": "ok"}], {"kind": "t"}, quiet=True)
+    rng = np.random.default_rng(9)
+    # (method, extra params, w) -> (refusal, over-refusal, ROUGE-L scores)
+    sweep = {
+        ("ta", (), 0.5): (0.80, 0.05, rng.random(20)),
+        ("ta", (), 1.0): (0.90, 0.10, rng.random(20)),  # ta's matched point: the limits are inclusive
+        ("ta", (), 2.0): (1.00, 0.05, rng.random(20)),
+        ("sst", (("k", 8),), 0.5): (0.95, 0.20, rng.random(20)),  # safe enough but over-refuses
+        ("sst", (("k", 8),), 1.0): (0.95, 0.05, rng.random(20)),  # sst's matched point
+        ("sst", (("k", 8),), 2.0): (1.00, 0.00, rng.random(20)),
+        ("ties", (("density", 0.5),), 1.0): (0.85, 0.05, rng.random(20)),  # never reaches 90 %
+        ("ties", (("density", 0.5),), 2.0): (0.95, 0.15, rng.random(20)),
+    }
+    arts = {}
+    for (method, extra, w), (j, o, rl) in sweep.items():
+        m = _art(reg, "merged", {"method": method, "w": w, **dict(extra)}, {"base": base}, "mergecode")
+        arts[method, w] = (m, rl)
+        fab_eval(reg, m, base, jb, "jailbreak", binary(j))
+        fab_eval(reg, m, base, orf, "overrefusal", binary(o))
+        fab_eval(reg, m, base, rq, "repliqa", rl)
+    r = invoke(reg.home, "--json")
+    assert r.exit_code == 0, r.output
+    ms = {m["setting"]: m for m in json.loads(r.stdout)["matched_safety"]["settings"]}
+    assert set(ms) == {"ta", "sst k=8", "ties d=0.5"}
+    (ta, ta_rl), (sst, sst_rl) = arts["ta", 1.0], arts["sst", 1.0]
+    assert (ms["ta"]["w"], ms["ta"]["model_id"], ms["ta"]["delta"]) == (1.0, ta.id, None)
+    assert (ms["sst k=8"]["w"], ms["sst k=8"]["model_id"], ms["sst k=8"]["vs_id"]) == (1.0, sst.id, ta.id)
+    assert ms["sst k=8"]["utility"]["value"] == pytest.approx(sst_rl.mean())
+    d = ms["sst k=8"]["delta"]
+    idx = np.random.default_rng(0).integers(0, 20, size=(2000, 20))
+    assert d["value"] == pytest.approx((sst_rl - ta_rl).mean())
+    assert (d["lo"], d["hi"]) == pytest.approx(tuple(np.percentile((sst_rl - ta_rl)[idx].mean(1), [2.5, 97.5])))
+    assert ms["ties d=0.5"]["model_id"] is None and ms["ties d=0.5"]["note"] == "no setting reaches the target"
+    text = " ".join(invoke(reg.home).stdout.split())
+    assert "matched safety" in text and "not interpolated" in text and "no setting reaches the target" in text
+    assert f"sst k=8 1 {100 * sst_rl.mean():.1f}" in text and "Δ ROUGE-L vs ta" in text
+    assert f"{100 * d['value']:+.1f} [".replace("-", "−") in text and "vs ta w=1" in text
+    # stricter targets: no ta point qualifies, so no difference; a looser one picks the first ta point
+    ms = {m.setting: m for m in matched_safety(compare(reg, CompareConfig()), CompareConfig(max_overrefusal=0.0))}
+    assert ms["ta"].model_id is None and ms["sst k=8"].w == 2.0 and "no ta setting" in ms["sst k=8"].note
+    loose = CompareConfig(target_refusal=0.8, max_overrefusal=0.2)
+    assert {m.setting: m.w for m in matched_safety(compare(reg, loose), loose)} == {"ta": 0.5, "sst k=8": 0.5,
+                                                                                    "ties d=0.5": 1.0}
+    assert_user_error(invoke(reg.home, "--target-refusal", "1.5"), "--target-refusal 1.5")
+
+
+def test_average_over_seeds(reg):
+    """`sstm run --seeds`: the same setting trained with each seed is one row -- the mean over seeds, the
+    across-seed standard deviation, per-sample scores averaged per id (paired differences still work)."""
+    base = _art(reg, "base", {"source": "dir", "sha256": "a" * 64}, {}, "basecode")
+    jb = register_rows(reg, "jailbreak-eval", [{"prompt": "j", "response": "no"}], {"kind": "t"}, quiet=True)
+    rq = register_rows(reg, "repliqa-eval", [{"prompt": "q", "response": "a"}], {"kind": "t"}, quiet=True)
+    rng = np.random.default_rng(3)
+    groups, truth = [], {}
+    for name in ("utility", "safety", "ta"):
+        ids = []
+        for seed in (0, 1, 2):
+            if name == "ta":
+                u, s = (reg.list("adapter")[i].id for i in (seed, 3 + seed))  # this seed's adapters
+                m = _art(reg, "merged", {"method": "ta", "w": 1.0}, {"base": base, "utility": u, "safety": s}, "mc")
+            else:
+                m = _art(reg, "adapter", {"role": name, "seed": seed}, {"base": base}, "tc")
+            j, r = (rng.random(20) < 0.3 + 0.3 * seed).astype(float), rng.random(20)
+            truth[name, seed] = (j, r)
+            fab_eval(reg, m, base, jb, "jailbreak", j)
+            fab_eval(reg, m, base, rq, "repliqa", r)
+            ids.append(m.id)
+        groups.append(tuple(ids))
+    groups.append((base.id,) * 3)  # the base is the same model for every seed: not averaged (and not evaluated)
+    cfg = CompareConfig(average=tuple(groups), seeds=(0, 1, 2))
+    rows = {r.method: r for r in compare(reg, cfg)}
+    assert set(rows) == {"utility", "safety", "ta"}
+    for name, row in rows.items():
+        assert row.seeds == [0, 1, 2] and row.members == list(groups[["utility", "safety", "ta"].index(name)])
+        for short, k in (("jailbreak", 0), ("rouge_l", 1)):
+            per_seed = [truth[name, s][k].mean() for s in (0, 1, 2)]
+            m = row.metrics[short]
+            assert m.value == pytest.approx(np.mean(per_seed)) and m.per_seed == pytest.approx(per_seed)
+            assert m.spread == pytest.approx(np.std(per_seed, ddof=1)) and m.lo is None and m.n == 20
+    # paired against the reference on seed-averaged per-prompt scores; no McNemar on averaged (non-0/1) scores
+    rows = {r.method: r for r in compare(reg, replace(cfg, vs=groups[2][0]))}
+    d = rows["utility"].deltas["rouge_l"]
+    avg = {n: np.mean([truth[n, s][1] for s in (0, 1, 2)], axis=0) for n in ("utility", "ta")}
+    assert d.value == pytest.approx((avg["utility"] - avg["ta"]).mean()) and d.lo < d.value < d.hi
+    assert rows["utility"].deltas["jailbreak"].p is None and rows["ta"].reference
+    text = " ".join(table_text(list(rows.values())).split())
+    assert "seeds=0,1,2" in text and f"±{100 * rows['ta'].metrics['rouge_l'].spread:.1f}" in text
+    recs = list(csv.DictReader(io.StringIO(to_csv(list(rows.values())))))
+    assert recs[0]["seeds"] == "0,1,2" and float(recs[0]["rouge_l_sd"]) > 0

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections import defaultdict
 
 import pytest
 from typer.testing import CliRunner
 
-from adapters import fake_answers
 from sstm.cli import app
 from sstm.data import (DataUnavailable, benign_split, load_rows, mmlu_split, read_table, safety_split,
                        utility_split)
@@ -145,7 +143,7 @@ def test_safety_splits_disjoint(seed, cap):
     assert not {r["request_id"] for r in tr} & {r["request_id"] for r in ev}
     tr_t = {r["template_id"] for r in tr} - {"direct"}
     assert tr_t and not tr_t & {r["template_id"] for r in ev}
-    assert all(r["template_id"] != "direct" for r in ev)
+    assert sum(r["template_id"] == "direct" for r in ev) == len(ev) // 2  # each eval request bare and wrapped
     # and by text, over the whole pools
     (rq_tr, tp_tr), (rq_ev, tp_ev) = sf.split_pools("train"), sf.split_pools("eval")
     assert not {r.text for r in rq_tr} & {r.text for r in rq_ev}
@@ -205,14 +203,41 @@ def test_read_table_errors(tmp_path, name, content, message):
 
 
 def test_benign_embedded(reg):
+    from collections import Counter
+
+    from sstm.data import benign as bn
+
     a = benign_split(reg)
     rows = load_rows(a)
-    assert a.id == benign_split(reg).id
-    assert any("kill a Python process" in r["prompt"] for r in rows)
-    cats = {r["category"] for r in rows}
-    assert cats == {"lookalike", "plain"} and len(rows) >= 60
+    assert a.id == benign_split(reg).id and a.params["source"]["set"] == bn.SET_NAME == "benign-v2"
+    assert any("kill all child processes" in r["prompt"] for r in rows)
+    counts = Counter(r["category"] for r in rows)
+    assert list(counts) == list(bn.CATEGORIES) and len(rows) >= 200  # rows in the order of CATEGORIES
+    assert min(counts.values()) >= 25, counts
+    assert len({r["prompt"].lower() for r in rows}) == len({r["prompt_id"] for r in rows}) == len(rows)
+    assert all(r["prompt_id"].startswith(r["category"] + "-") for r in rows)
     sub = load_rows(benign_split(reg, n=10, seed=2))
     assert len(sub) == 10 and all(r in rows for r in sub)
+
+
+def test_benign_lookalike_categories_use_trigger_words():
+    """Every prompt of a category defined by its harm-associated wording has a listed trigger word, so the
+    (trigger word, topic) check of tests/test_splits.py sees it; the control category has none."""
+    from sstm.data import benign as bn
+    from sstm.data.similarity import triggers
+
+    worded = ("homonyms", "figurative", "safe_targets", "safe_contexts", "definitions")
+    assert [p for cat in worded for _, p in bn.EVAL_PROMPTS[cat] if not triggers(p)] == []
+    assert [p for _, p in bn.EVAL_PROMPTS["plain"] if triggers(p)] == []
+
+
+def test_sample_indices():
+    from sstm.data import sample_indices
+
+    picked = sample_indices(100, 10, seed=3)
+    assert picked == sorted(set(picked)) and len(picked) == 10 and all(0 <= i < 100 for i in picked)
+    assert picked == sample_indices(100, 10, seed=3) != sample_indices(100, 10, seed=4)
+    assert sample_indices(5, None, 0) == sample_indices(5, 9, 0) == [0, 1, 2, 3, 4]
 
 
 def test_benign_training_prompts_disjoint_from_eval():
@@ -220,62 +245,8 @@ def test_benign_training_prompts_disjoint_from_eval():
 
     train = [p for _, p in bn.train_prompts()]
     held_out = {r["prompt"].lower() for r in bn.embedded_rows()}
-    assert len(train) == len(set(train)) == len(bn.TRAIN_LOOKALIKE) + len(bn.TRAIN_PLAIN)
+    assert len(train) == len(set(train)) == len(bn.TRAIN_LOOKALIKE) + len(bn.TRAIN_PLAIN) == 80
     assert not {p.lower() for p in train} & held_out
-
-
-@pytest.mark.parametrize("text, kept", [
-    ("One. Two is cut", "One."), ("Why? Because! and then", "Why? Because!"),
-    ("Step one\nstep two is cu", "Step one"), ("no sentence end at all", ""), ("Done.", "Done."),
-])
-def test_whole_sentences(text, kept):
-    from sstm.data.benign import whole_sentences
-
-    assert whole_sentences(text) == kept
-
-
-def test_answered_rows_keep_finished_and_cut_unfinished():
-    from sstm.data.benign import answered_rows
-    from sstm.evaluate.generate import Generation
-
-    prompts = [("plain", "a?"), ("plain", "b?"), ("lookalike", "c?")]
-    answers = [Generation("Full answer", 3), Generation("First. Second half", 8, False),
-               Generation("no end", 8, False), Generation("", 1)]
-    rows, counts = answered_rows(prompts + [("plain", "d?")], answers)
-    assert counts == {"cut_to_sentence": 1, "cut_mid_sentence": 1}
-    assert [(r["prompt"], r["response"]) for r in rows] == [("a?", "Full answer"), ("b?", "First."), ("c?", "no end")]
-    assert {r["template_id"] for r in rows} == {"benign"}
-
-
-def test_helpful_split_and_mix(reg, tiny_base, monkeypatch):
-    from sstm.data import benign as bn
-    from sstm.data.safety import mixed_split
-
-    monkeypatch.setattr(sys.modules["sstm.evaluate.generate"], "generate", fake_answers)
-    helpful = bn.helpful_split(reg, tiny_base, device="cpu", max_new_tokens=16)
-    assert helpful.kind == "dataset" and helpful.inputs == {"base": tiny_base.id}
-    pool = load_rows(helpful)
-    assert len(pool) == helpful.metrics["n"] > 0
-    assert {r["prompt"] for r in pool} <= {p for _, p in bn.train_prompts()}
-    assert bn.helpful_split(reg, tiny_base, device="cpu", max_new_tokens=16).id == helpful.id  # cache hit
-
-    refusals = safety_split(reg, "train", n=10, seed=0)
-    mixed = mixed_split(reg, refusals, helpful, 3, seed=0)
-    rows = load_rows(mixed)
-    assert len(rows) == 13 and sum(r["template_id"] == "benign" for r in rows) == 3
-    assert sorted(map(str, rows)) == sorted(map(str, load_rows(refusals) + [r for r in pool if r in rows]))
-    assert mixed.params["source"]["helpful"] == helpful.id and mixed.params["source"]["refusals"] == refusals.id
-    assert mixed_split(reg, refusals, helpful, 3, seed=0).id == mixed.id
-    with pytest.raises(SSTMError, match="benign training rows requested"):
-        mixed_split(reg, refusals, helpful, len(pool) + 1)
-
-
-def test_helpful_split_with_no_answers_warns(reg, tiny_base, capsys):
-    from sstm.data import benign as bn
-
-    helpful = bn.helpful_split(reg, tiny_base, device="cpu", max_new_tokens=4)  # the tiny model says nothing
-    assert helpful.metrics["n"] == 0 and load_rows(helpful) == []
-    assert "no benign rows" in capsys.readouterr().err
 
 
 def test_mmlu_local_dir(reg, tmp_path):

@@ -34,3 +34,31 @@ def test_run_quick_on_embedded_smollm2(home):
         assert keys and all("lora_A" in k or "lora_B" in k for k in keys), [k for k in keys if "lora_" not in k][:3]
         assert a.files["adapter_model.safetensors"]["size"] < 60_000_000  # a full lm_head copy alone is 113 MB
     assert reg.verify() == []
+
+
+def test_quick_sst_merge_rebuilds_identically_with_one_thread(home):
+    """Issue 16: the same SST id must hold the same adapter whatever the thread count.
+
+    The run builds the Fishers and the SST merge with the default threads (2 here); a
+    subprocess with one OMP/BLAS thread rebuilds the safety Fisher, the utility Fisher
+    and the merge from their records and must reproduce them (tolerances of
+    sstm.rebuild.TOLERANCE), and the merge's evals must come out identical.
+    """
+    import os
+    import subprocess
+    import sys
+
+    args = ["run", "--quick", "--samples", "4", "--fisher-samples", "4", "--eval-samples", "2",
+            "--suite", "jailbreak", "--k", "8", "--baselines", "ta", "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    reg = Registry(home)
+    (sst,) = [a for a in reg.list("merged") if a.params["method"] == "sst"]
+    targets = [sst.inputs["fisher_safety"], sst.inputs["fisher_utility"], sst.id]
+    targets += [e.id for e in reg.list("eval") if e.inputs["model"] == sst.id]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for aid in targets:
+        p = subprocess.run([sys.executable, "-m", "sstm.cli", "--home", str(home), "verify", "--rebuild", aid,
+                            "--json"], capture_output=True, text=True, env=env, timeout=600)
+        report = json.loads(p.stdout)
+        assert p.returncode == 0 and report["status"] == "reproduced", (aid, p.stdout[-2000:], p.stderr[-2000:])

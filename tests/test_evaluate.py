@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -11,9 +12,13 @@ from typer.testing import CliRunner
 from sstm.cli import app
 from sstm.data import register_rows
 from sstm.errors import SSTMError
-from sstm.evaluate import EvalConfig, evaluate, generate, load_judge, next_token_logprobs
-from sstm.evaluate.generate import letter_ids
-from sstm.evaluate.suites import LETTERS, Settings, get_suites, mmlu, mmlu_message, rouge_l
+from sstm.evaluate import record
+from sstm.evaluate.config import EvalConfig
+from sstm.evaluate.judge import load_judge
+from sstm.evaluate.stage import evaluate, fold_lora
+from sstm.evaluate.suites import LETTERS, Settings, mmlu, mmlu_message, rouge_l
+from sstm.generate import (Generation, _decode_in_slots, _Slots, encode_prompts, eos_ids, generate, letter_ids,
+                           next_token_logprobs)
 from sstm.models import load_base
 
 PROMPTS = [
@@ -154,6 +159,102 @@ def test_generation_stops_at_eos_and_decodes_new_tokens_only(tiny):
     assert [g.n_tokens for g in gens] == [4, 4]  # 3 free tokens + eos
     for g, p in zip(gens, PROMPTS[:2]):
         assert p not in g.text and "<|im_end|>" not in g.text
+
+
+def _hf_one_at_a_time(model, tok, prompts, max_new_tokens):
+    """Reference: transformers' own greedy `generate`, one unpadded prompt at a time (new token ids)."""
+    eos = eos_ids(model, tok)
+    out = []
+    for p in encode_prompts(tok, prompts):
+        ids = torch.tensor([p])
+        seq = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=1,
+                             max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0])
+        out.append(seq[0, len(p):].tolist())
+    return out
+
+
+def _stopping_at_different_steps(model, tok, max_new_tokens):
+    """Add as end-of-turn a token the model emits first at different steps in different rows, and not in
+    every row: rows then finish at different steps and some run to the budget."""
+    free = _hf_one_at_a_time(model, tok, PROMPTS, max_new_tokens)
+    for t in sorted({t for row in free for t in row}):
+        firsts = {row.index(t) for row in free if t in row}
+        if len(firsts) >= 3 and any(t not in row for row in free):
+            model.generation_config.eos_token_id = [tok.eos_token_id, t]
+            return
+    raise AssertionError("no token ends rows at different steps")
+
+
+def test_slot_decoding_equals_one_at_a_time_as_rows_finish(tiny, monkeypatch):
+    """Rows leave their slot at different steps, waiting prompts take it, the cache is repacked;
+    every text equals transformers' greedy generate run on that prompt alone."""
+    model, tok = tiny
+    _stopping_at_different_steps(model, tok, 16)
+    eos = eos_ids(model, tok)
+    ref = _hf_one_at_a_time(model, tok, PROMPTS, 16)
+    stops = [next((j for j, t in enumerate(r) if t in eos), None) for r in ref]
+    expected = [Generation(tok.decode(r[:s], skip_special_tokens=True).strip(), s + 1, True) if s is not None
+                else Generation(tok.decode(r, skip_special_tokens=True).strip(), 16, False)
+                for r, s in zip(ref, stops)]
+    assert len({g.n_tokens for g in expected if g.finished}) >= 2 and not all(g.finished for g in expected)
+
+    packed = []
+    repack = _Slots.repack
+    monkeypatch.setattr(_Slots, "repack", lambda self, keep, left=0: (packed.append((len(self.rows), len(keep))),
+                                                                       repack(self, keep, left))[1])
+    for batch_size in (1, 2, 4, len(PROMPTS)):
+        assert generate(model, tok, PROMPTS, batch_size=batch_size, max_new_tokens=16) == expected, batch_size
+    assert any(kept < slots for slots, kept in packed)  # finished rows were dropped from the batch
+    # a waiting prompt longer than the batch's cache widens it on the left (prompts shortest first)
+    prompts = encode_prompts(tok, PROMPTS)
+    shortest_first = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    packed.clear()
+    assert _decode_in_slots(model, prompts, shortest_first, 2, 16, eos, None) == [
+        r[: s + 1] if s is not None else r for r, s in zip(ref, stops)]
+    assert any(kept == slots for slots, kept in packed)
+
+
+def test_fold_lora_equals_the_peft_model_with_a_tied_lm_head(tiny):
+    """Folding gives the PEFT model's logits; the tied lm_head gets its own weight W + s·B·A, the
+    input embedding keeps its own."""
+    from peft import LoraConfig, get_peft_model
+
+    from sstm.train import TARGET_MODULES
+
+    model, tok = tiny
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    embedding = model.model.embed_tokens.weight.detach().clone()
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(TARGET_MODULES),
+                                            init_lora_weights=False)).eval()
+    head = peft.base_model.model.lm_head
+    a, b, s = head.lora_A["default"].weight, head.lora_B["default"].weight, head.scaling["default"]
+    expected_head = embedding + s * (b @ a).detach()
+    ids = torch.tensor([encode_prompts(tok, PROMPTS[:1])[0]])
+    with torch.no_grad():
+        logits = peft(input_ids=ids).logits
+        with peft.disable_adapter():
+            assert not torch.allclose(peft(input_ids=ids).logits, logits, atol=1e-2)  # the LoRA matters
+        folded = fold_lora(peft)
+        assert torch.allclose(folded(input_ids=ids).logits, logits, atol=1e-5)
+    assert type(folded).__name__ == "LlamaForCausalLM"
+    assert torch.equal(folded.model.embed_tokens.weight, embedding)
+    assert torch.allclose(folded.lm_head.weight, expected_head, atol=1e-6)
+    assert fold_lora(folded) is folded  # a plain model is returned as is
+
+
+def test_eval_folds_the_lora_and_records_it(reg, tiny_base):
+    """fold_lora is an eval param (None for a base model); folded and PEFT evals answer alike."""
+    from adapters import make_adapter
+
+    adapter = make_adapter(reg, tiny_base, "safety", targets=["q_proj", "v_proj", "down_proj", "lm_head"],
+                           dtype="float32")
+    cfg = dict(suites=("overrefusal",), batch_size=4, max_new_tokens=6, data=dict(_datasets(reg)), device="cpu")
+    (folded,) = evaluate(reg, EvalConfig(model=adapter.id, **cfg))
+    (unfolded,) = evaluate(reg, EvalConfig(model=adapter.id, fold_lora=False, **cfg))
+    (on_base,) = evaluate(reg, EvalConfig(model=tiny_base.id, **cfg))
+    assert (folded.params["fold_lora"], unfolded.params["fold_lora"], on_base.params["fold_lora"]) == (True, False, None)
+    assert folded.id != unfolded.id
+    assert [s["response"] for s in _samples(folded)] == [s["response"] for s in _samples(unfolded)]
 
 
 # --------------------------------------------------------------------------- MMLU
@@ -323,18 +424,83 @@ def test_mmlu_from_registered_rows(reg, tiny_base):
     assert all(s["response"] in LETTERS and s["reference"] == LETTERS[r["answer"]] for s, r in zip(samples, rows))
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"batch_size": 0}, "--batch-size 0: must be at least 1"),
+    ({"max_new_tokens": 0}, "--max-new-tokens 0"),
+    ({"samples": 0}, "--samples 0"),
+    ({"max_context_tokens": -1}, "--max-context-tokens -1"),
+    ({"dtype": "fp8"}, "--dtype fp8"),
+    ({"judge": "no-such-phrases.txt"}, "--judge no-such-phrases.txt"),
+    ({"suites": ("jailbreak", "toxicity")}, "--suite toxicity: unknown suite"),
+    ({"data": {"toxicity": "x.csv"}}, "data given for unknown suite toxicity"),
+])
+def test_eval_config_checks_every_setting(change, message):
+    """A bad setting fails when the config is made (before any work), in one line naming the option."""
+    with pytest.raises(SSTMError, match=re.escape(message)):
+        EvalConfig(model="any", **change)
+
+
 def test_bad_config(reg, tiny_base):
-    with pytest.raises(SSTMError, match="unknown suite"):
-        get_suites("jailbreak,toxicity")
-    with pytest.raises(SSTMError, match="--batch-size"):
-        evaluate(reg, EvalConfig(model=tiny_base.id, batch_size=0))
-    with pytest.raises(SSTMError, match="unknown suite toxicity"):
-        evaluate(reg, EvalConfig(model=tiny_base.id, suites=("jailbreak",), data={"toxicity": "x.csv"}))
+    assert EvalConfig(model="x", suites=("mmlu", "jailbreak", "mmlu")).suites == ("mmlu", "jailbreak")
     with pytest.raises(SSTMError, match="no such file or dataset"):
         evaluate(reg, EvalConfig(model=tiny_base.id, suites=("jailbreak",), data={"jailbreak": "nothing.csv"}))
     ds = _datasets(reg)["jailbreak"]
     with pytest.raises(SSTMError, match="is a dataset"):
         evaluate(reg, EvalConfig(model=ds.id, suites=("jailbreak",)))
+
+
+def test_a_suite_is_one_registration(reg, tiny_base, tmp_path, monkeypatch):
+    """A suite declared in one place is evaluated from its file, recorded, compared and rendered, and
+    reported unavailable without data -- no other module names it."""
+    from sstm import render
+    from sstm.compare import CompareConfig, compare
+    from sstm.data import DataUnavailable
+    from sstm.evaluate import suites as S
+    from sstm.evaluate.data import read_table_file
+
+    def run(model, tok, rows, s, advance):  # score: the prompt has more than 10 characters
+        samples = [{"id": i, "prompt": r["prompt"], "response": "", "reference": None,
+                    "score": float(len(r["prompt"]) > 10), "refused": None} for i, r in rows]
+        return {"toy.long_share": sum(x["score"] for x in samples) / len(samples)}, samples, {}
+
+    def no_data(reg, ctx):
+        raise DataUnavailable("no toy data here")
+
+    toy = S.Suite("toy", "share of long prompts", run,
+                  (S.Metric("toy.long_share", "long", "lng", higher_better=False, rate=True),), "ty",
+                  S.SuiteData(no_data, lambda reg, s, path: read_table_file(reg, s, path, S.prompt_row), ("prompt",),
+                              "Toy prompts", "--toy-data"),
+                  generates=False, judged=False, uses_context=False)
+    monkeypatch.setitem(S.SUITES, "toy", toy)
+    f = tmp_path / "toy.csv"
+    f.write_text("prompt\nhi\na much longer prompt\nanother long one\n", encoding="utf-8")
+    (a,) = evaluate(reg, EvalConfig(model=tiny_base.id, suites=("toy",), data={"toy": str(f)}, device="cpu"))
+    assert a.metrics == {"toy.long_share": pytest.approx(2 / 3)} and reg.get(a.inputs["data"]).label == "eval-toy-file"
+    assert a.params["max_new_tokens"] is None and a.params["judge"] is None
+    assert record.read_summary(a) == record.Summary("toy", "ok", n=3, metrics=a.metrics)
+    (row,) = compare(reg, CompareConfig(metric="toy"))
+    assert row.metrics["long"].value == pytest.approx(2 / 3) and row.metrics["long"].n == 3
+    assert "long_lo" in render.to_csv([row]).splitlines()[0]
+    assert render.to_json([row], CompareConfig(metric="toy"))["metrics"]["long"]["higher_better"] is False
+    (u,) = evaluate(reg, EvalConfig(model=tiny_base.id, suites=("toy",), device="cpu"))
+    assert record.read_summary(u) == record.Summary("toy", "unavailable", reason="no toy data here")
+    with pytest.raises(SSTMError, match="--toy-data nope.csv: no such file"):
+        evaluate(reg, EvalConfig(model=tiny_base.id, suites=("toy",), data={"toy": "nope.csv"}))
+
+
+def test_eval_stage_imports_no_reporting_and_cli_no_torch():
+    """Every module the eval stage imports is part of its code fingerprint: never compare/render/plot/cli.
+    The CLI builds its options from the suite registry without loading torch."""
+    import subprocess
+    import sys
+
+    stage = ("import sys, sstm.evaluate.stage; "
+             "bad = [m for m in ('sstm.compare', 'sstm.render', 'sstm.plot', 'sstm.stats', 'sstm.cli') "
+             "if m in sys.modules]; assert not bad, bad")
+    cli = "import sys, sstm.cli; assert 'torch' not in sys.modules"
+    for code in (stage, cli):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
 
 
 # --------------------------------------------------------------------------- CLI
@@ -385,7 +551,13 @@ def test_cli_eval_peft_dir_and_data_files(home, reg, tiny_base, lively_dir, tmp_
     mm = tmp_path / "mmlu.jsonl"
     mm.write_text("\n".join(json.dumps({"question": f"Q{i}?", "A": "a", "B": "b", "C": "c", "D": "d",
                                         "answer": "ABCD"[i % 4]}) for i in range(5)) + "\n", encoding="utf-8")
+    bad = tmp_path / "bad_mmlu.csv"
+    bad.write_text("question,A,B,C,D,answer\nQ?,a,b,c,d,E\n", encoding="utf-8")
     runner = CliRunner()
+    # the data files are read before the directory is registered: a bad one leaves no adapter behind
+    r = runner.invoke(app, ["eval", str(peft_dir), "--role", "safety", "--model", str(lively_dir), "--suite", "mmlu",
+                            "--mmlu-data", str(bad)])
+    assert r.exit_code == 2 and "A-D" in r.output and reg.list("adapter") == []
     args = ["eval", str(peft_dir), "--suite", "repliqa,mmlu", "--repliqa-data", str(rq), "--mmlu-data", str(mm),
             "--model", str(lively_dir), "--max-new-tokens", "4", "--device", "cpu", "--json"]
     r = runner.invoke(app, args)
@@ -401,12 +573,30 @@ def test_cli_eval_peft_dir_and_data_files(home, reg, tiny_base, lively_dir, tmp_
     mm_samples = _samples(reg.get(res[1]["id"]))
     assert [s["reference"] for s in mm_samples] == ["A", "B", "C", "D", "A"]
 
-    bad = tmp_path / "bad_mmlu.csv"
-    bad.write_text("question,A,B,C,D,answer\nQ?,a,b,c,d,E\n", encoding="utf-8")
     r = runner.invoke(app, ["eval", tiny_base.id[:12], "--suite", "mmlu", "--mmlu-data", str(bad)])
     assert r.exit_code == 2 and "answer" in r.output and "A-D" in r.output
     r = runner.invoke(app, ["eval", tiny_base.id[:12], "--suite", "jailbreak", "--mmlu-data", str(mm)])
     assert r.exit_code == 2 and "--mmlu-data" in r.output
+
+
+def test_overrefusal_reported_per_category(reg, tiny_base):
+    """Each sample keeps its row's category; stats.by_category holds n and the refusal rate per category;
+    samples without a category are left out of it."""
+    from sstm.evaluate.suites import by_category
+
+    assert by_category([{"category": "a", "score": 1.0}, {"category": "b", "score": 0.0},
+                        {"category": "a", "score": 0.0}, {"category": None, "score": 1.0}, {"score": 1.0}]) == {
+        "a": {"n": 2, "refusal_rate": 0.5}, "b": {"n": 1, "refusal_rate": 0.0}}
+    cats = ["homonyms", "plain", "homonyms", "history"]
+    bn = register_rows(reg, "benign-cat-test", [{"prompt": p, "category": c} for p, c in zip(PROMPTS, cats)],
+                       {"test": "benign-categories"}, quiet=True)
+    (a,) = evaluate(reg, EvalConfig(model=tiny_base.id, suites=("overrefusal",), batch_size=4, max_new_tokens=4,
+                                    data={"overrefusal": bn}, device="cpu"))
+    samples = _samples(a)
+    assert [s["category"] for s in samples] == cats
+    by = json.loads((a.path / "metrics.json").read_text())["stats"]["by_category"]
+    assert by == {c: {"n": cats.count(c), "refusal_rate": sum(s["score"] for s in samples if s["category"] == c)
+                      / cats.count(c)} for c in cats}
 
 
 def test_default_data_wiring(reg, tiny_base):
@@ -431,3 +621,27 @@ def test_cli_suite_list_with_spaces_and_benign_flag_name(home, tmp_path):
     assert r.exit_code == 2 and "no artifact with id abcdef12" in r.output, r.output
     r = CliRunner().invoke(app, ["eval", "abcdef12", "--suite", "jailbreak", "--benign-data", str(f)])
     assert r.exit_code == 2 and "--benign-data given, but --suite has no overrefusal" in r.output, r.output
+
+
+def test_cli_eval_options_fall_back_to_eval_config(home, tmp_path, monkeypatch):
+    """Options not given are EvalConfig's defaults (one source); every suite has its data option."""
+    import sstm.evaluate.stage as stage
+    from sstm.evaluate.suites import SUITES
+
+    seen: list[EvalConfig] = []
+    monkeypatch.setattr(stage, "evaluate", lambda reg, cfg: seen.append(cfg) or [])
+    runner = CliRunner()
+    r = runner.invoke(app, ["eval", "abc123"])
+    assert r.exit_code == 0, r.output
+    f = tmp_path / "benign.csv"
+    f.write_text("prompt\nHow do fireworks get their colours?\n", encoding="utf-8")
+    r = runner.invoke(app, ["eval", "abc123", "--suite", "overrefusal", "--judge", "gcg", "--batch-size", "3",
+                            "--benign-data", str(f)])
+    assert r.exit_code == 0, r.output
+    assert seen == [EvalConfig(model="abc123"),
+                    EvalConfig(model="abc123", suites=("overrefusal",), judge="gcg", batch_size=3,
+                               data={"overrefusal": str(f)})]
+    assert seen[0].judge == load_judge().name == "gcg-extended"
+    text = " ".join(runner.invoke(app, ["eval", "--help"]).output.split())
+    for s in SUITES.values():
+        assert s.data.option in text and s.name in text

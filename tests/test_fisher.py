@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from sstm.cli import app
 from sstm.data import load_rows
 from sstm.errors import SSTMError
-from sstm.data.chat import encode_rows
+from sstm.chat import encode_rows
 from sstm.fisher import (FisherConfig, _batches, accumulate_fisher, core_basis, core_bases, fisher,
                          load_fisher)
-from sstm.merge.lora import read_lora
+from sstm.adapters import read_lora
 from sstm.models import load_with_adapter
 
 MAX_LEN = 256
@@ -136,21 +136,20 @@ def test_fisher_identity_and_lineage(reg, tiny_base, pair, monkeypatch):
     assert big.params["samples"] == len(load_rows(reg.get(s.inputs["data"])))  # capped at the dataset size
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        ({"role": "both"}, "--role"),
-        ({"basis": None}, "--basis"),
-        ({"samples": 0}, "--samples"),
-        ({"batch_size": 0}, "--batch-size"),
-        ({"data": "ffffffffffff"}, "no artifact"),
-    ],
-)
+@pytest.mark.parametrize("change, message", [({"role": "both"}, "--role"), ({"samples": 0}, "--samples"),
+                                             ({"batch_size": 0}, "--batch-size"), ({"max_len": 0}, "--max-len")])
+def test_fisher_config_validates_itself(change, message):
+    with pytest.raises(SSTMError, match=message):
+        dataclasses.replace(FisherConfig(adapter="ab", role="utility", basis="cd", samples=2), **change)
+
+
+@pytest.mark.parametrize("change, message", [({"basis": None}, "--basis"), ({"data": "ffffffffffff"}, "no artifact")])
 def test_fisher_bad_config(reg, pair, change, message):
     u, s = pair
     cfg = dataclasses.replace(FisherConfig(adapter=u.id, role="utility", basis=s.id, samples=2), **change)
     with pytest.raises(SSTMError, match=message):
         fisher(reg, cfg)
+    assert reg.list("fisher") == []
 
 
 def test_fisher_safety_basis_must_be_itself_and_same_base(reg, pair, tmp_path):

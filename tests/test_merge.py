@@ -16,7 +16,7 @@ from sstm.errors import SSTMError
 from sstm.fisher import core_basis, load_fisher
 from sstm.merge import METHODS
 from sstm.merge.baselines import BaselineConfig, baseline_merge, module_seed
-from sstm.merge.lora import module_type, read_lora
+from sstm.adapters import module_type, read_lora
 from sstm.merge.sst import DEFAULT_LAYER_WEIGHTS, SSTConfig, load_layer_weights, projector, solve_gevp, sst_merge
 from sstm.models import load_with_adapter
 
@@ -118,6 +118,8 @@ def test_sst_sweep_exact_and_fishers_once(reg, tiny_base, pair, counters):
         deltas = peft_deltas(reg, art)
         for m in fs.modules:
             ell = DEFAULT_LAYER_WEIGHTS[module_type(m)]
+            # F_s of 5 rows has 5 nonzero eigenvalues: k = 5 keeps them all, k = 16 = r² is uncut
+            assert diag["modules"][m]["k_effective"] == k
             assert close(deltas[m], expected_sst(fu, fs, F_u, F_s, m, k, w, ell), 1e-8), (k, w, m)
             if w == 0:  # the utility adapter, exactly
                 assert close(deltas[m], fu.delta(m), 1e-12)
@@ -151,6 +153,15 @@ def test_sst_k_clamped_to_r2_and_layer_weights(reg, pair, tmp_path, capsys):
     assert close(deltas[m], fu.delta(m) + 3.0 * fs.delta(m), 1e-8)
     (tmp_path / "lw.json").write_text(json.dumps({"q_proj": 3.0, "lm_head": 0}))
     assert load_layer_weights(str(tmp_path / "lw.json")) == load_layer_weights(str(path))
+
+
+def test_sst_config_validates_and_normalises_itself():
+    cfg = SSTConfig("u", "s", k=[np.int64(5), 3, 5], w=1)
+    assert cfg.k == [5, 3] and all(type(k) is int for k in cfg.k) and cfg.w == [1.0]  # ints: artifact params
+    for bad, message in ((dict(k=True), "--k True"), (dict(k=[]), "at least one"), (dict(k=0), "--k 0"),
+                         (dict(damping=0.0), "--damping"), (dict(samples=0), "--samples"), (dict(w=-1.0), "--w -1")):
+        with pytest.raises(SSTMError, match=message):
+            SSTConfig("u", "s", **bad)
 
 
 @pytest.mark.parametrize("text, message", [("q_proj: -1\n", "must be a number >= 0"), ("- 1\n- 2\n", "expected a mapping"),

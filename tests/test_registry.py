@@ -1,18 +1,23 @@
-"""Registry: content-addressed ids, cache hits, atomic builds, concurrency, verify, gc."""
+"""Registry: content-addressed ids, cache hits, atomic builds, concurrency, verify, gc, read-only files, schema."""
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
 import signal
+import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from sstm.registry import Registry, artifact_id, code_fingerprint
+from sstm.errors import SSTMError
+from sstm.registry import Registry, artifact_id, canonical_json
 
 
 def write_file(name="x.txt", text="hello", counter=None):
@@ -50,10 +55,27 @@ def test_any_change_gives_new_id(reg):
     assert a.id == ref and a.inputs == {"base": base.id}
 
 
-def test_code_fingerprint_tracks_stage_files():
-    assert code_fingerprint("registry.py") == code_fingerprint("registry.py")
-    assert code_fingerprint("registry.py") != code_fingerprint("models.py")
-    assert len(code_fingerprint("data")) == 16
+def test_canonical_json_refuses_values_without_an_exact_encoding():
+    # a plain Python int: the id is sha256 of this exact document (the encoding ids always had)
+    doc = b'{"code":"c","inputs":{"base":"b1"},"kind":"merged","params":{"k":128,"w":0.75}}'
+    assert artifact_id("merged", {"k": 128, "w": 0.75}, {"base": "b1"}, "c") == hashlib.sha256(doc).hexdigest()
+    with pytest.raises(TypeError, match=r"params\.k is a numpy\.int64 \(np\.int64\(128\)\)"):
+        artifact_id("merged", {"k": np.int64(128), "w": 0.75}, {"base": "b1"}, "c")
+    with pytest.raises(TypeError, match=r"params\.source\.path is a pathlib\.PosixPath"):
+        artifact_id("dataset", {"source": {"path": Path("/x")}}, {}, "c")
+    with pytest.raises(TypeError, match=r"value\[1\] is a set"):
+        canonical_json([1, {2}])
+    with pytest.raises(TypeError, match="the key 1 of type int"):
+        canonical_json({1: "a"})  # json would silently turn it into "1"
+    with pytest.raises(TypeError, match="numpy.float32"):
+        canonical_json({"w": np.float32(0.5)})
+    assert canonical_json({"b": (1, 2.5), "a": [True, None, "x"]}) == '{"a":[true,null,"x"],"b":[1,2.5]}'
+
+
+def test_get_or_build_names_the_param_it_cannot_encode(reg):
+    with pytest.raises(TypeError, match=r"params\.source\.n is a numpy\.int64"):
+        reg.get_or_build("dataset", {"source": {"n": np.int64(3)}}, {}, "c", write_file())
+    assert reg.list() == []
 
 
 def test_failed_build_leaves_nothing(reg):
@@ -154,10 +176,23 @@ def test_four_processes_concurrently(reg):
     assert len(list(shared.path.parent.iterdir())) == 1, "shared id built exactly once"
 
 
+def test_registered_files_are_read_only(reg):
+    def nested(out: Path):
+        (out / "sub").mkdir()
+        (out / "sub" / "y.bin").write_bytes(b"12")
+        (out / "x.txt").write_text("a")
+
+    art = reg.get_or_build("dataset", {"n": 5}, {}, "c", nested)
+    assert {stat.S_IMODE((art.path / f).stat().st_mode) for f in art.files} == {0o444}
+    for d in (art.path, art.path / "sub"):  # directories stay writable: gc can remove unregistered trees
+        assert stat.S_IMODE(d.stat().st_mode) & 0o200
+
+
 def test_verify_detects_flipped_byte(reg):
     art = reg.get_or_build("dataset", {"n": 2}, {}, "c", write_file(text="abcdef"))
     assert reg.verify() == []
     p = art.path / "x.txt"
+    p.chmod(0o644)
     data = bytearray(p.read_bytes())
     data[2] ^= 0x01
     p.write_bytes(bytes(data))
@@ -185,7 +220,8 @@ def test_prefix_resolution_and_lineage_diff(reg):
 def test_provenance_recorded(reg):
     art = reg.get_or_build("dataset", {"n": 9}, {}, "c", write_file(), seed=7)
     p = art.provenance
-    for key in ("sstm_version", "git_commit", "git_dirty", "torch", "transformers", "peft", "host", "wall_time_s"):
+    for key in ("sstm_version", "git_commit", "git_dirty", "git_diff_sha256", "torch", "transformers", "peft", "host",
+                "wall_time_s"):
         assert key in p
     assert p["seed"] == 7 and p["torch"]
     json.dumps(p)
@@ -199,3 +235,108 @@ def test_dtype_spellings_share_one_name():
     assert dtype_name("fp32") == dtype_name("float32") == "float32"
     with pytest.raises(SSTMError, match="--dtype int3"):
         dtype_name("int3")
+
+
+def test_gc_keeps_locks_a_build_may_hold(reg):
+    """Only the lock files of registered ids go; a stray dir is removed under its id's lock, never while held."""
+    art = reg.get_or_build("dataset", {"n": 1}, {}, "c", write_file())
+    stray_id = artifact_id("dataset", {"n": 2}, {}, "c")
+    stray = reg.root / "dataset" / stray_id
+    stray.mkdir()
+    with reg._lock(stray_id):  # a build of that id is running
+        assert reg.gc() == [] and stray.exists()
+    assert not (reg.lock_dir / f"{art.id}.lock").exists(), "a registered id's lock is dead: removed"
+    assert (reg.lock_dir / f"{stray_id}.lock").exists(), "an unregistered id's lock may be waited on: kept"
+    assert reg.gc() == [stray] and not stray.exists()
+    assert reg.get_or_build("dataset", {"n": 1}, {}, "c", write_file()).id == art.id  # cache hit without a lock file
+
+
+def test_build_replaces_unregistered_leftover_but_never_a_registered_dir(reg):
+    aid = artifact_id("dataset", {"n": 3}, {}, "c")
+    leftover = reg.path_for("dataset", aid)  # a crash between os.replace and the insert
+    leftover.mkdir(parents=True)
+    (leftover / "x.txt").write_text("half")
+    art = reg.get_or_build("dataset", {"n": 3}, {}, "c", write_file(text="whole"))
+    assert (art.path / "x.txt").read_text() == "whole" and reg.verify() == []
+    # a build that finds its id registered once it is done (another process won) keeps the registered files
+    calls = []
+    other = Registry(reg.home)
+    other.find = lambda aid, _find=other.find: None if not calls else _find(aid)  # cache check misses once
+    again = other.get_or_build("dataset", {"n": 3}, {}, "c", write_file(text="rebuilt", counter=calls))
+    assert calls and again.id == art.id and (art.path / "x.txt").read_text() == "whole"
+    assert not [p for p in art.path.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def _overlapping_builder(home: str, i: int, q) -> None:
+    from sstm.registry import Registry
+
+    reg = Registry(home)
+    seen = []
+    for j in range(24):
+        n = (i * 3 + j) % 12  # every id is built by two or more workers
+
+        def build(out: Path, n=n):
+            (out / "sub").mkdir()
+            (out / "sub" / "rows.txt").write_text(f"{n}\n" * 100)
+            time.sleep(0.005)
+
+        art = reg.get_or_build("dataset", {"n": n}, {}, "c", build, quiet=True)
+        seen.append((art.id, (art.path / "sub" / "rows.txt").is_file()))
+    q.put(seen)
+
+
+def _gc_loop(home: str, q) -> None:
+    from sstm.registry import Registry, artifact_id
+
+    reg = Registry(home)
+    for it in range(200):
+        aid = artifact_id("dataset", {"n": it % 12}, {}, "c")
+        with reg._lock(aid):  # what a crashed build leaves: a temp dir, or an unregistered final dir
+            (reg.root / "dataset").mkdir(exist_ok=True)
+            (reg.root / "dataset" / f".tmp-{aid}-{os.getpid()}-{it}").mkdir()
+            if reg.find(aid) is None and not reg.path_for("dataset", aid).exists():
+                reg.path_for("dataset", aid).mkdir()
+        reg.gc()
+    q.put("done")
+
+
+def test_gc_racing_builds_never_loses_a_registered_artifact(reg):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_overlapping_builder, args=(str(reg.home), i, q)) for i in range(4)]
+    procs += [ctx.Process(target=_gc_loop, args=(str(reg.home), q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0] * 6
+    seen = [s for r in results if r != "done" for s in r]
+    assert len(seen) == 4 * 24 and all(present for _, present in seen), "a build returned an artifact without files"
+    arts = reg.list("dataset")
+    assert len(arts) == 12 and {a.id for a in arts} == {aid for aid, _ in seen}
+    assert reg.verify() == []
+    assert all((a.path / "sub" / "rows.txt").read_text().startswith(f"{a.params['n']}\n") for a in arts)
+    reg.gc()
+    assert sorted(p.name for p in (reg.root / "dataset").iterdir()) == sorted(a.id for a in arts)
+
+
+def _old_schema_db(path: Path) -> None:
+    """registry.db as sstm wrote it before schema 2 (artifact.status, no user_version)."""
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE artifact (id VARCHAR NOT NULL PRIMARY KEY, kind VARCHAR NOT NULL, label VARCHAR NOT NULL,"
+                " params VARCHAR NOT NULL, code VARCHAR NOT NULL, provenance VARCHAR NOT NULL, files VARCHAR NOT NULL,"
+                " status VARCHAR NOT NULL, created DATETIME NOT NULL)")
+    con.commit()
+    con.close()
+
+
+def test_registry_of_an_older_schema_is_refused(home):
+    _old_schema_db(home / "registry.db")
+    with pytest.raises(SSTMError, match="made by another version of sstm .registry schema 0, this sstm uses 2"):
+        Registry(home)
+    new = home / "new"
+    new.mkdir()
+    Registry(new)
+    Registry(new)  # a registry of this schema opens again
+    assert sqlite3.connect(new / "registry.db").execute("PRAGMA user_version").fetchone() == (2,)

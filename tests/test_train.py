@@ -1,10 +1,10 @@
-"""Training stage on the tiny Llama: both roles, masking, adapter files, cache hits, Ctrl-C, --from-dir."""
+"""Training stage on the tiny Llama: both roles, training data (benign answers), masking, adapter files, cache hits,
+Ctrl-C, --from-dir."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 
 import pytest
@@ -14,12 +14,15 @@ from typer.testing import CliRunner
 
 from adapters import fake_answers
 from sstm import train as tr
+from sstm.adapters import ROLES, register_adapter_dir
+from sstm.chat import collate, encode_example, encode_rows
 from sstm.cli import app
-from sstm.data import load_rows
-from sstm.data.chat import collate, encode_example, encode_rows
+from sstm.data import ROWS_FILE, load_rows, register_rows
 from sstm.errors import SSTMError
 from sstm.models import load_base
+from sstm.presets import QUICK
 from sstm.registry import Registry
+from sstm.train_data import answered_rows, helpful_split, training_data, whole_sentences
 
 runner = CliRunner()
 pytestmark = [pytest.mark.filterwarnings("ignore:.*tied layer is part of the adapter"),
@@ -37,7 +40,7 @@ def trained(tmp_path_factory, tiny_model_dir):
     """A registry with one utility and one safety adapter trained on the tiny model (shared by this module)."""
     home = tmp_path_factory.mktemp("train-home")
     reg = Registry(home)
-    return reg, {role: tr.train(reg, tiny_cfg(tiny_model_dir, role)) for role in tr.ROLES}
+    return reg, {role: tr.train(reg, tiny_cfg(tiny_model_dir, role)) for role in ROLES}
 
 
 def first_batch(reg, art, tok, n=4):
@@ -46,7 +49,7 @@ def first_batch(reg, art, tok, n=4):
     return collate(examples[:n], tok.pad_token_id)
 
 
-@pytest.mark.parametrize("role", tr.ROLES)
+@pytest.mark.parametrize("role", ROLES)
 def test_train_role(trained, role):
     from peft import PeftModel
 
@@ -81,14 +84,14 @@ def test_train_role(trained, role):
 
 
 def test_embedded_safety_data_mixes_benign_answers(reg, tiny_base, tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(sys.modules["sstm.evaluate.generate"], "generate", fake_answers)
+    monkeypatch.setattr("sstm.generate.generate", fake_answers)
     tok = tr.base_tokenizer(tiny_base)
-    data = tr.training_data(reg, tiny_cfg(tiny_model_dir, "safety"), tiny_base, tok)
+    data = training_data(reg, tiny_cfg(tiny_model_dir, "safety"), tiny_base, tok)
     rows = load_rows(data)
     assert data.params["source"]["kind"] == "mixed" and data.params["source"]["n_helpful"] == 2  # 25 % of 8
     assert sum(r["template_id"] == "benign" for r in rows) == 2 and len(rows) == 8
     assert reg.get(data.params["source"]["helpful"]).inputs["base"] == tiny_base.id
-    plain = tr.training_data(reg, tiny_cfg(tiny_model_dir, "safety", benign_fraction=0.0), tiny_base, tok)
+    plain = training_data(reg, tiny_cfg(tiny_model_dir, "safety", benign_fraction=0.0), tiny_base, tok)
     assert plain.params["source"]["kind"] == "embedded" and len(load_rows(plain)) == 8
 
 
@@ -184,7 +187,67 @@ def test_config_errors(reg, tiny_model_dir):
         tr.train(reg, tiny_cfg(tiny_model_dir, "utility", dtype="int8"))
     with pytest.raises(SSTMError, match="--benign-fraction 1.0"):
         tr.train(reg, tiny_cfg(tiny_model_dir, "safety", benign_fraction=1.0))
-    assert tr.quick("safety").samples == tr.QUICK["samples"]
+    with pytest.raises(SSTMError, match="--device gpu"):
+        tiny_cfg(tiny_model_dir, "utility", device="gpu")
+    with pytest.raises(SSTMError, match="--warmup 1.5"):
+        tiny_cfg(tiny_model_dir, "utility", warmup=1.5)
+    assert reg.list() == []  # refused before the base model was even registered
+
+
+# --------------------------------------------------------------------------- benign answers of the base model
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("One. Two is cut", "One."), ("Why? Because! and then", "Why? Because!"),
+    ("Step one\nstep two is cu", "Step one"), ("no sentence end at all", ""), ("Done.", "Done."),
+])
+def test_whole_sentences(text, kept):
+    assert whole_sentences(text) == kept
+
+
+def test_answered_rows_keep_finished_and_cut_unfinished():
+    from sstm.generate import Generation
+
+    prompts = [("plain", "a?"), ("plain", "b?"), ("lookalike", "c?")]
+    answers = [Generation("Full answer", 3), Generation("First. Second half", 8, False),
+               Generation("no end", 8, False), Generation("", 1)]
+    rows, counts = answered_rows(prompts + [("plain", "d?")], answers)
+    assert counts == {"cut_to_sentence": 1, "cut_mid_sentence": 1}
+    assert [(r["prompt"], r["response"]) for r in rows] == [("a?", "Full answer"), ("b?", "First."), ("c?", "no end")]
+    assert {r["template_id"] for r in rows} == {"benign"}
+
+
+def test_helpful_split_and_mix(reg, tiny_base, monkeypatch):
+    from sstm.data import benign as bn
+    from sstm.data import safety_split
+    from sstm.data.safety import mixed_split
+
+    monkeypatch.setattr("sstm.generate.generate", fake_answers)
+    helpful = helpful_split(reg, tiny_base, device="cpu", max_new_tokens=16)
+    assert helpful.kind == "dataset" and helpful.inputs == {"base": tiny_base.id}
+    pool = load_rows(helpful)
+    assert len(pool) == helpful.metrics["n"] > 0
+    assert {r["prompt"] for r in pool} <= {p for _, p in bn.train_prompts()}
+    assert helpful_split(reg, tiny_base, device="cpu", max_new_tokens=16).id == helpful.id  # cache hit
+    # written exactly as register_rows writes a dataset (one writer: sstm.data.write_rows)
+    again = register_rows(reg, "copy", pool, {"kind": "test"}, quiet=True)
+    assert (helpful.path / ROWS_FILE).read_bytes() == (again.path / ROWS_FILE).read_bytes()
+
+    refusals = safety_split(reg, "train", n=10, seed=0)
+    mixed = mixed_split(reg, refusals, helpful, 3, seed=0)
+    rows = load_rows(mixed)
+    assert len(rows) == 13 and sum(r["template_id"] == "benign" for r in rows) == 3
+    assert sorted(map(str, rows)) == sorted(map(str, load_rows(refusals) + [r for r in pool if r in rows]))
+    assert mixed.params["source"]["helpful"] == helpful.id and mixed.params["source"]["refusals"] == refusals.id
+    assert mixed_split(reg, refusals, helpful, 3, seed=0).id == mixed.id
+    with pytest.raises(SSTMError, match="benign training rows requested"):
+        mixed_split(reg, refusals, helpful, len(pool) + 1)
+
+
+def test_helpful_split_with_no_answers_warns(reg, tiny_base, capsys):
+    helpful = helpful_split(reg, tiny_base, device="cpu", max_new_tokens=4)  # the tiny model says nothing
+    assert helpful.metrics["n"] == 0 and load_rows(helpful) == []
+    assert "no benign rows" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- --from-dir
@@ -194,10 +257,10 @@ def test_register_adapter_dir(trained, reg, tiny_base):
     from peft import PeftModel
 
     _, arts = trained
-    art = tr.register_adapter_dir(reg, arts["utility"].path, "utility", tiny_base)
+    art = register_adapter_dir(reg, arts["utility"].path, "utility", tiny_base)
     assert art.kind == "adapter" and art.inputs == {"base": tiny_base.id}
     assert art.params["target_modules"] == sorted(tr.TARGET_MODULES) and art.params["rank"] == 16
-    assert tr.register_adapter_dir(reg, arts["utility"].path, "utility", tiny_base).id == art.id
+    assert register_adapter_dir(reg, arts["utility"].path, "utility", tiny_base).id == art.id
     model, _ = load_base(tiny_base)
     PeftModel.from_pretrained(model, art.path)
 
@@ -210,7 +273,7 @@ def test_register_adapter_dir_strips_embedding_copies(reg, tiny_base, tmp_path):
     peft_model.save_pretrained(tmp_path / "a", save_embedding_layers=True)
     with safe_open(str(tmp_path / "a" / "adapter_model.safetensors"), framework="pt") as f:
         assert any(".lora_" not in k for k in f.keys())
-    art = tr.register_adapter_dir(reg, tmp_path / "a", "safety", tiny_base)
+    art = register_adapter_dir(reg, tmp_path / "a", "safety", tiny_base)
     with safe_open(str(art.path / "adapter_model.safetensors"), framework="pt") as f:
         assert all(".lora_" in k for k in f.keys())
     assert art.params["rank"] == 4
@@ -228,24 +291,24 @@ def test_register_adapter_dir_wrong_base(trained, reg, tmp_path):
     other = resolve_base(reg, str(tmp_path / "wide"))
     _, arts = trained
     with pytest.raises(SSTMError, match="in_features 64|out_features 64|another base model"):
-        tr.register_adapter_dir(reg, arts["safety"].path, "safety", other)
+        register_adapter_dir(reg, arts["safety"].path, "safety", other)
     assert reg.list("adapter") == []
 
 
 def test_register_adapter_dir_errors(reg, tiny_base, tmp_path):
     with pytest.raises(SSTMError, match="not a directory"):
-        tr.register_adapter_dir(reg, tmp_path / "nope", "safety", tiny_base)
+        register_adapter_dir(reg, tmp_path / "nope", "safety", tiny_base)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SSTMError, match="no adapter_config.json"):
-        tr.register_adapter_dir(reg, tmp_path / "empty", "safety", tiny_base)
+        register_adapter_dir(reg, tmp_path / "empty", "safety", tiny_base)
     d = tmp_path / "cfg"
     d.mkdir()
     (d / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
     with pytest.raises(SSTMError, match="no adapter_model.safetensors"):
-        tr.register_adapter_dir(reg, d, "safety", tiny_base)
+        register_adapter_dir(reg, d, "safety", tiny_base)
     (d / "adapter_model.safetensors").write_bytes(b"garbage")
     with pytest.raises(SSTMError, match="not a readable safetensors"):
-        tr.register_adapter_dir(reg, d, "safety", tiny_base)
+        register_adapter_dir(reg, d, "safety", tiny_base)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -257,7 +320,7 @@ def test_cli_train_and_from_dir(home, tiny_model_dir, trained, tmp_path):
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     params = json.loads(first.stdout)["params"]
-    assert params["samples"] == 4 and params["max_len"] == tr.QUICK["max_len"] and params["lr"] == tr.QUICK["lr"]
+    assert params["samples"] == 4 and params["max_len"] == QUICK.train["max_len"] and params["lr"] == QUICK.train["lr"]
     second = runner.invoke(app, args)
     assert second.exit_code == 0
     assert json.loads(first.stdout)["id"] == json.loads(second.stdout)["id"]

@@ -16,7 +16,7 @@ import csv
 import io
 from pathlib import Path
 
-from sstm.data import register_rows
+from sstm.data.rows import register_rows
 from sstm.data.sources import DataUnavailable, check_n, kind_of, load_hub, subsample
 from sstm.errors import SSTMError
 from sstm.registry import Artifact, Registry, sha256_file

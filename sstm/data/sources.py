@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 from sstm.errors import SSTMError
@@ -57,12 +58,32 @@ def check_n(n: int | None) -> None:
         raise SSTMError(f"sample count {n}: must be at least 1")
 
 
+def sample_indices(n_rows: int, n: int | None, seed: int, groups: Sequence[Hashable] | None = None) -> list[int]:
+    """`n` of the indices 0..n_rows-1 drawn without replacement (seeded), in increasing order; all when
+    `n` is None or at least `n_rows`. The one row sampler of every stage (datasets, Fisher, eval).
+
+    With `groups` (one key per row; None: the row alone), rows sharing a key are kept or dropped
+    together (e.g. a request's bare and wrapped versions): groups in a seeded order, each taken
+    while it fits in what is left of `n`. Without a shared key this is the plain draw."""
+    if n is None or n >= n_rows:
+        return list(range(n_rows))
+    members: dict[Hashable, list[int]] = {}
+    for i, g in enumerate(groups or ()):
+        members.setdefault(("row", i) if g is None else ("key", g), []).append(i)
+    if not members or len(members) == n_rows:
+        return sorted(random.Random(seed).sample(range(n_rows), n))
+    order = list(members.values())
+    random.Random(seed).shuffle(order)
+    picked: list[int] = []
+    for rows in order:
+        if len(rows) <= n - len(picked):
+            picked += rows
+    return sorted(picked)
+
+
 def subsample(rows: list, n: int | None, seed: int) -> list:
     """`n` rows drawn without replacement (seeded), kept in their original order; all when n is None."""
-    if n is None or n >= len(rows):
-        return list(rows)
-    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
-    return [rows[i] for i in keep]
+    return [rows[i] for i in sample_indices(len(rows), n, seed)]
 
 
 def kind_of(source: str) -> str:

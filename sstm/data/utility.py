@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from sstm.data import register_rows
+from sstm.data.rows import register_rows
 from sstm.data.files import read_table
 from sstm.data.sources import (check_n, check_split, file_sha256, kind_of, load_hub, missing_columns,
                                short_hash, split_of, subsample)
@@ -98,7 +98,9 @@ class Fact:
 
 
 @dataclass(frozen=True)
-class Kind:
+class DocumentKind:
+    """One kind of generated document (company, town, ...): its titles, openings, values, facts and fillers."""
+
     name: str
     title: tuple[str, ...]
     intro: tuple[str, ...]
@@ -115,7 +117,7 @@ def _company_values(rng):
             "plant": _place(rng), "plant_year": rng.randint(1995, 2023), "share": rng.randint(8, 64)}
 
 
-COMPANY = Kind(
+COMPANY = DocumentKind(
     "company",
     ("{name}: a company profile", "Inside {name}", "Business report: {name}"),
     ("This report describes {name}.", "{name} is a privately held firm.", "Few outside the trade know {name} well."),
@@ -165,7 +167,7 @@ def _town_values(rng):
             "elevation": rng.randint(3, 2400), "school": f"the {_word(rng)} Institute"}
 
 
-TOWN = Kind(
+TOWN = DocumentKind(
     "town",
     ("{name}: a town guide", "A visit to {name}", "{name} at a glance"),
     ("{name} is a town in {region}.", "This guide introduces {name}, in {region}.", "{name} lies in {region}."),
@@ -211,7 +213,7 @@ def _person_values(rng):
             "languages": rng.randint(2, 6), "first_year": year + rng.randint(18, 30)}
 
 
-PERSON = Kind(
+PERSON = DocumentKind(
     "person",
     ("Profile: {name}", "{name}, a life in work", "Who is {name}?"),
     ("{name} is known well beyond their home region.", "This profile looks at the career of {name}.",
@@ -256,7 +258,7 @@ def _festival_values(rng):
             "director": _person(rng)}
 
 
-FESTIVAL = Kind(
+FESTIVAL = DocumentKind(
     "festival",
     ("{Name}: event report", "What happened at {name}", "Report on {name}"),
     ("This report covers {name}.", "{Name} returned this year.", "{Name} is a yearly event."),
@@ -305,7 +307,7 @@ def _policy_values(rng):
             "threshold": rng.randint(5, 250)}
 
 
-POLICY = Kind(
+POLICY = DocumentKind(
     "policy",
     ("{Name} explained", "Policy brief: {name}", "What {name} changes"),
     ("This brief summarises {name}.", "{Name} has been the subject of debate.", "{Name} is a local policy."),
@@ -340,7 +342,7 @@ POLICY = Kind(
      "Supporters call it overdue."),
 )
 
-KINDS = (COMPANY, TOWN, PERSON, FESTIVAL, POLICY)
+DOCUMENT_KINDS = (COMPANY, TOWN, PERSON, FESTIVAL, POLICY)
 
 
 def _fmt(template: str, values: dict) -> str:
@@ -358,7 +360,7 @@ def generate_document(rng: random.Random) -> tuple[dict, list[dict]]:
     A random subset of the kind's facts (all but 2-4) is stated; ~20 % of the five
     questions ask about a fact left out, answered with :data:`UNANSWERABLE`.
     """
-    kind = rng.choice(KINDS)
+    kind = rng.choice(DOCUMENT_KINDS)
     values = kind.values(rng)
     facts = list(kind.facts)
     rng.shuffle(facts)

@@ -1,14 +1,20 @@
-"""Evaluation: batched greedy generation, refusal / ROUGE-L / MMLU suites, `eval` artifacts.
+"""Evaluation: refusal / ROUGE-L / MMLU suites and the `eval` stage.
 
-See :mod:`sstm.evaluate.stage` for the artifact format that `compare` reads.
+Modules: ``suites`` (what each suite reads, reports and computes), ``config``
+(EvalConfig and its defaults), ``judge`` (the refusal judge), ``data`` (a suite's
+dataset), ``record`` (the files of an `eval` artifact), ``stage`` (the stage).
+
+The names below are imported on first use, so reading the suite registry (the
+CLI builds its options from it) does not load torch.
 """
 
-from sstm.evaluate.generate import Generation, generate, next_token_logprobs
-from sstm.evaluate.judge import GCG_TEST_PREFIXES, RefusalJudge, load_judge
-from sstm.evaluate.stage import DEFAULT_SUITES, QUICK, EvalConfig, evaluate, result_rows
-from sstm.evaluate.suites import SUITES, get_suites, rouge_l
+from importlib import import_module
 
-__all__ = [
-    "DEFAULT_SUITES", "GCG_TEST_PREFIXES", "QUICK", "SUITES", "EvalConfig", "Generation", "RefusalJudge",
-    "evaluate", "generate", "get_suites", "load_judge", "next_token_logprobs", "result_rows", "rouge_l",
-]
+_EXPORTS = {"EvalConfig": "config", "evaluate": "stage"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"sstm.evaluate.{_EXPORTS[name]}"), name)

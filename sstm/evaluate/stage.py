@@ -3,67 +3,37 @@
 Inputs: ``model`` (the evaluated base/adapter/merged artifact), ``base`` (its base
 model) and ``data`` (the dataset; absent when the suite's data is unavailable).
 Params: suite, samples (rows actually used), sample_seed, batch_size,
-max_new_tokens, judge, judge_sha256, max_context_tokens, dtype -- settings that do
-not apply to a suite are None, so changing them does not invalidate it.
-Files:
-  * ``metrics.json``: ``{"suite", "status": "ok"|"unavailable", "reason"?, "n",
-    <metric name>: value, ..., "stats": {...}}`` with the registered metric names
-    (``jailbreak.refusal_rate``, ``repliqa.rouge_l``, ``repliqa.rouge_l_answerable``,
-    ``repliqa.rouge_l_unanswerable``, ``overrefusal.refusal_rate``, ``mmlu.accuracy``);
-  * ``samples.jsonl``: one record per sample (id, prompt, response, reference,
-    score in [0, 1], refused, plus answerable for repliqa).
-An unavailable suite (no MMLU copy offline) registers no metric and no number.
+max_new_tokens, judge, judge_sha256, max_context_tokens, dtype, fold_lora (the LoRA
+of an adapter/merge folded into the weights, :func:`fold_lora`) -- settings that do
+not apply to a suite or model are None, so changing them does not invalidate it.
+Files: the eval record (``metrics.json``, ``samples.jsonl``), see
+:mod:`sstm.evaluate.record`. An unavailable suite (no MMLU copy offline) registers
+no metric and no number.
 
 Rows: all rows of the dataset, or, with ``samples=N`` smaller than the dataset, a
-seeded uniform sample of N row indices (kept in dataset order).
+seeded uniform sample of N row indices (kept in dataset order); for a suite that samples
+by a field (``SuiteData.sample_by``: the jailbreak suite's ``request_id``) whole groups,
+so a request's bare and wrapped rows stay paired.
 """
 
 from __future__ import annotations
 
-import json
-import random
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from sstm.data import load_rows
+import sstm.data as sd
+from sstm.adapters import register_adapter_dir
 from sstm.errors import SSTMError
-from sstm.evaluate.data import Unavailable, data_flag, default_dataset, file_dataset
-from sstm.evaluate.judge import load_judge
-from sstm.evaluate.suites import SUITES, Settings, Suite, get_suites
-from sstm.models import DTYPES, EMBEDDED, base_of, dtype_name, load_with_adapter, pick_device, resolve_base
+from sstm.evaluate import record
+from sstm.evaluate.config import EvalConfig
+from sstm.evaluate.data import DataContext, given_dataset
+from sstm.evaluate.judge import RefusalJudge, load_judge
+from sstm.evaluate.suites import Settings, Suite, get_suites
+from sstm.models import EMBEDDED, base_of, dtype_name, load_with_adapter, pick_device, resolve_base
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import info, progress
 
-CODE = ("evaluate", "data/chat.py")
-DEFAULT_SUITES = ("jailbreak", "repliqa", "overrefusal", "mmlu")
-# `sstm run --quick` settings. Measured with SmolLM2-135M on a 2-core CPU shared with other jobs
-# (1 torch thread): ~60 s per model for the 3 suites (jailbreak ~23 s, repliqa ~22 s, overrefusal ~12 s).
-QUICK: dict[str, Any] = {
-    "suites": ("jailbreak", "repliqa", "overrefusal"),
-    "samples": 16,
-    "max_new_tokens": 48,
-    "max_context_tokens": 256,
-}
-SAMPLE_SEED = 0
-
-
-@dataclass
-class EvalConfig:
-    model: str | Artifact  # artifact id/prefix (base, adapter, merged) or a PEFT adapter directory
-    suites: tuple[str, ...] = DEFAULT_SUITES
-    samples: int | None = None  # rows per suite (None: the whole held-out split)
-    batch_size: int = 16
-    max_new_tokens: int = 128
-    judge: str = "gcg-extended"  # built-in judge name (gcg, gcg-extended) or a file of refusal phrases
-    max_context_tokens: int | None = 1024  # budget for repliqa documents and default jailbreak templates
-    # suite -> a file, a `dataset` artifact or its id (entries of suites not evaluated are ignored)
-    data: dict[str, str | Artifact] = field(default_factory=dict)
-    base_model: str | None = None  # base model of a PEFT directory (default: the embedded SmolLM2)
-    role: str | None = None  # role recorded when registering a PEFT directory
-    device: str | None = "auto"
-    dtype: str = "float32"
-    sample_seed: int = SAMPLE_SEED
 
 
 # --------------------------------------------------------------------------- the evaluated model
@@ -96,67 +66,69 @@ def _register_peft_dir(reg: Registry, path: Path, cfg: EvalConfig) -> tuple[Arti
     if cfg.role is None:
         raise SSTMError(f"{path}: evaluating a PEFT directory registers it as an adapter; give its --role "
                         "(utility or safety)")
-    from sstm.train import register_adapter_dir
-
     base = resolve_base(reg, cfg.base_model or EMBEDDED)
     return register_adapter_dir(reg, path, cfg.role, base), base
 
 
+def fold_lora(model):
+    """A PEFT LoRA model with the LoRA folded into its weights (W <- W + s·B·A, PEFT ``merge_and_unload``).
+
+    Exact up to float rounding, and a plain model: no extra matmuls per LoRA module. A LoRA
+    target whose weight is shared with another module (SmolLM2's lm_head is tied to the input
+    embedding) first gets its own copy, so folding changes that module alone. Anything but a
+    PEFT model is returned as is.
+    """
+    import torch
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(model, PeftModel):
+        return model
+    holders: dict[int, int] = {}  # id(parameter) -> modules holding it
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            holders[id(p)] = holders.get(id(p), 0) + 1
+    for module in model.modules():
+        base = module.get_base_layer() if isinstance(module, LoraLayer) else None
+        if base is not None and holders[id(base.weight)] > 1:
+            base.weight = torch.nn.Parameter(base.weight.detach().clone(), requires_grad=False)
+            model.get_base_model().config.tie_word_embeddings = False
+    return model.merge_and_unload()
+
+
+def _folds(target: Target, cfg: EvalConfig) -> bool | None:
+    """Whether the evaluated LoRA is folded into the weights; None when the target has no LoRA."""
+    return cfg.fold_lora if target.art.kind in ("adapter", "merged") else None
+
+
 def _loader(reg: Registry, target: Target, cfg: EvalConfig):
     """A function returning (model, tokenizer), loading them on first call only."""
-    cache: dict = {}
 
+    @functools.cache
     def load():
-        if "model" not in cache:
-            info(f"loading {target.art.kind} {target.art.short} {target.art.label}".rstrip())
-            cache["model"] = load_with_adapter(reg, target.art, pick_device(cfg.device), cfg.dtype)
-        return cache["model"]
+        info(f"loading {target.art.kind} {target.art.short} {target.art.label}".rstrip())
+        model, tok = load_with_adapter(reg, target.art, pick_device(cfg.device), cfg.dtype)
+        return (fold_lora(model) if _folds(target, cfg) else model), tok
 
     return load
 
 
-# --------------------------------------------------------------------------- rows
+def _tokenizer(target: Target):
+    """A function returning the base model's tokenizer, loading it on first call only."""
 
+    @functools.cache
+    def load():
+        from transformers import AutoTokenizer
 
-def select_rows(rows: list[dict], n: int | None, seed: int) -> list[tuple[int, dict]]:
-    """(index, row) pairs: all rows, or a seeded uniform sample of n indices in dataset order."""
-    if n is not None and n < 1:
-        raise SSTMError(f"--samples {n}: must be at least 1")
-    if n is None or n >= len(rows):
-        return list(enumerate(rows))
-    idx = sorted(random.Random(seed).sample(range(len(rows)), n))
-    return [(i, rows[i]) for i in idx]
+        return AutoTokenizer.from_pretrained(target.base.path)
 
-
-def dataset_for(reg: Registry, suite: str, cfg: EvalConfig, target: Target) -> Artifact:
-    """The suite's dataset: cfg.data[suite] (a file, a `dataset` artifact or its id) when given,
-    else the default held-out split (may raise Unavailable).
-
-    The default jailbreak split keeps only templates that fit cfg.max_context_tokens
-    (in the base model's tokens), the same budget documents get in repliqa prompts.
-    """
-    src = cfg.data.get(suite)
-    if not src:
-        if suite == "jailbreak" and cfg.max_context_tokens is not None:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(target.base.path)
-            return default_dataset(reg, suite, max_template_tokens=cfg.max_context_tokens, tokenizer=tok)
-        return default_dataset(reg, suite)
-    if isinstance(src, Artifact):
-        return reg.get(src.id, kind="dataset")
-    if Path(src).expanduser().exists():
-        return file_dataset(reg, suite, src)
-    try:
-        return reg.get(str(src), kind="dataset")
-    except SSTMError:
-        raise SSTMError(f"{data_flag(suite)} {src}: no such file or dataset artifact") from None
+    return load
 
 
 # --------------------------------------------------------------------------- the stage
 
 
-def _params(suite: Suite, cfg: EvalConfig, judge, n: int | None) -> dict:
+def _params(suite: Suite, cfg: EvalConfig, target: Target, judge: RefusalJudge, n: int | None) -> dict:
     return {
         "suite": suite.name,
         "samples": n,
@@ -167,70 +139,56 @@ def _params(suite: Suite, cfg: EvalConfig, judge, n: int | None) -> dict:
         "judge_sha256": judge.sha256 if suite.judged else None,
         "max_context_tokens": cfg.max_context_tokens if suite.uses_context else None,
         "dtype": dtype_name(cfg.dtype),
+        "fold_lora": _folds(target, cfg),
     }
-
-
-def _write(out: Path, meta: dict, samples: list[dict]) -> None:
-    (out / "metrics.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
-        for s in samples:
-            f.write(json.dumps(s, ensure_ascii=False) + "\n")
-
-
-def _check(cfg: EvalConfig) -> None:
-    if cfg.batch_size < 1:
-        raise SSTMError(f"--batch-size {cfg.batch_size}: must be at least 1")
-    if cfg.max_new_tokens < 1:
-        raise SSTMError(f"--max-new-tokens {cfg.max_new_tokens}: must be at least 1")
-    if cfg.max_context_tokens is not None and cfg.max_context_tokens < 1:
-        raise SSTMError(f"--max-context-tokens {cfg.max_context_tokens}: must be at least 1")
-    if cfg.samples is not None and cfg.samples < 1:
-        raise SSTMError(f"--samples {cfg.samples}: must be at least 1")
-    if cfg.dtype not in DTYPES:
-        raise SSTMError(f"--dtype {cfg.dtype}: expected one of {', '.join(DTYPES)}")
 
 
 def evaluate(reg: Registry, cfg: EvalConfig) -> list[Artifact]:
     """One `eval` artifact per suite in cfg.suites (cache hits when model, data and settings match).
 
-    The model is loaded only if some suite is not cached yet.
+    The user's data files are read, and the model is resolved, before any eval is built;
+    the model is loaded only if some suite is not cached yet.
     """
-    _check(cfg)
-    suites = get_suites(list(cfg.suites))
-    unknown = sorted(set(cfg.data) - set(SUITES))
-    if unknown:
-        raise SSTMError(f"data given for unknown suite {unknown[0]} (suites: {', '.join(SUITES)})")
+    suites = get_suites(cfg.suites)
     judge = load_judge(cfg.judge)
+    given = {s.name: given_dataset(reg, s, cfg.data[s.name]) for s in suites if cfg.data.get(s.name)}
     target = resolve_target(reg, cfg)
     load = _loader(reg, target, cfg)
+    ctx = DataContext(cfg.max_context_tokens, _tokenizer(target))
     settings = Settings(cfg.batch_size, cfg.max_new_tokens, cfg.max_context_tokens, judge)
-    return [_evaluate_suite(reg, s, cfg, target, judge, settings, load) for s in suites]
+
+    def dataset(suite: Suite) -> Artifact:  # the user's, else the default split (may raise DataUnavailable)
+        return given[suite.name] if suite.name in given else suite.data.default(reg, ctx)
+
+    return [_evaluate_suite(reg, s, cfg, target, judge, settings, load, dataset) for s in suites]
 
 
-def _evaluate_suite(reg, suite: Suite, cfg: EvalConfig, target: Target, judge, settings, load) -> Artifact:
+def _evaluate_suite(reg, suite: Suite, cfg: EvalConfig, target: Target, judge, settings, load, dataset) -> Artifact:
     label = f"{suite.name} {target.art.label or target.art.short}".strip()
-    code = code_fingerprint(*CODE)
+    code = code_fingerprint(__name__)
     try:
-        data = dataset_for(reg, suite.name, cfg, target)
-    except Unavailable as e:
+        data = dataset(suite)
+    except sd.DataUnavailable as e:
         reason = str(e) or "no data"
-        params = _params(suite, cfg, judge, None) | {"status": "unavailable", "reason": reason}
+        params = _params(suite, cfg, target, judge, None) | {"status": "unavailable", "reason": reason}
 
         def build_unavailable(out: Path) -> None:
-            _write(out, {"suite": suite.name, "status": "unavailable", "reason": reason}, [])
+            record.write(out, record.Summary(suite.name, "unavailable", reason), [])
 
         info(f"[yellow]{suite.name} unavailable:[/yellow] {reason}")
         return reg.get_or_build("eval", params, {"model": target.art, "base": target.base}, code,
                                 build_unavailable, label=label)
 
-    rows = select_rows(load_rows(data), cfg.samples, cfg.sample_seed)
-    params = _params(suite, cfg, judge, len(rows))
+    all_rows = sd.load_rows(data)
+    picked = sd.sample_indices(len(all_rows), cfg.samples, cfg.sample_seed, suite.data.groups(all_rows))
+    rows = [(i, all_rows[i]) for i in picked]
+    params = _params(suite, cfg, target, judge, len(rows))
 
     def build(out: Path) -> dict[str, float]:
         model, tok = load()
         with progress(f"eval {suite.name}", total=len(rows), unit="samples") as advance:
             metrics, samples, stats = suite.run(model, tok, rows, settings, advance)
-        _write(out, {"suite": suite.name, "status": "ok", "n": len(samples), **metrics, "stats": stats}, samples)
+        record.write(out, record.Summary(suite.name, "ok", n=len(samples), metrics=metrics, stats=stats), samples)
         return metrics
 
     return reg.get_or_build("eval", params, {"model": target.art, "base": target.base, "data": data}, code,
@@ -241,8 +199,8 @@ def result_rows(arts: list[Artifact]) -> list[dict]:
     """(suite, status, metrics / reason, n, id) of eval artifacts, for printing."""
     out = []
     for a in arts:
-        meta = json.loads((a.path / "metrics.json").read_text(encoding="utf-8"))
-        out.append({"id": a.id, "suite": meta["suite"], "status": meta["status"], "reason": meta.get("reason"),
-                    "n": meta.get("n"), "metrics": dict(a.metrics), "model": a.inputs.get("model"),
+        summary = record.read_summary(a)
+        out.append({"id": a.id, "suite": summary.suite, "status": summary.status, "reason": summary.reason,
+                    "n": summary.n, "metrics": dict(a.metrics), "model": a.inputs.get("model"),
                     "data": a.inputs.get("data")})
     return out

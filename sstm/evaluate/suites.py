@@ -1,13 +1,18 @@
-"""Evaluation suites, registered by name: each maps (model, rows) -> (metrics, per-sample records).
+"""Evaluation suites, registered by name. Each declares in one place where its rows come from
+(the default held-out split, a user's file with its columns and CLI option), the metrics
+it reports (name, direction, table abbreviation, whether a rate) and the function that
+computes them, so adding a suite touches this file only.
 
-Every per-sample record has ``id`` (row index in the dataset), ``prompt``,
-``response``, ``reference``, ``score`` (a float in [0, 1]) and ``refused`` (bool, or
-None where the refusal judge does not apply); the suite metric is the mean score:
+A suite function maps (model, tokenizer, rows, settings, advance) to (metrics,
+per-sample records, stats) in the format of :mod:`sstm.evaluate.record`; every metric
+is the mean of a per-sample ``score`` (over a subset of the samples for some):
 
-* ``jailbreak``   refusal rate on held-out jailbreak prompts (score 1.0 = refused);
+* ``jailbreak``   refusal rate on held-out harmful requests (score 1.0 = refused), also
+                  split into bare requests and template-wrapped ones (``wrapped``);
 * ``repliqa``     mean ROUGE-L F1 (rouge-score, stemming) of the answer against the
                   gold answer, document in the prompt; also split by ``answerable``;
-* ``overrefusal`` refusal rate on held-out benign prompts (score 1.0 = refused);
+* ``overrefusal`` refusal rate on held-out benign prompts (score 1.0 = refused), also per
+                  prompt category (in the stats);
 * ``mmlu``        accuracy of the answer letter with the highest log-likelihood
                   (score 1.0 = correct).
 
@@ -16,18 +21,23 @@ question, ``A. ...`` to ``D. ...``, then ``Answer:`` -- followed by the assistan
 generation prompt; the prediction is argmax over the letters ``A``..``D`` (no
 leading space: they are the first token of the assistant's turn) of
 log p(letter | prompt).
+
+The suite functions import the model code (torch) when they run: the CLI reads this
+registry to build its options without loading torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import fmean
-from typing import Callable
+from typing import Any, Callable
 
-from sstm.data.chat import user_message
+import sstm.data as sd  # the split functions are looked up at call time (tests may replace them)
 from sstm.errors import SSTMError
-from sstm.evaluate.generate import generate, letter_ids, next_token_logprobs
+from sstm.evaluate.data import DataContext, FileReader, read_table_file, text_field
 from sstm.evaluate.judge import RefusalJudge
+from sstm.registry import Artifact, Registry
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -42,15 +52,51 @@ class Settings:
     judge: RefusalJudge
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One number a suite reports: the mean ``score`` of its samples (of a subset when `subset` is set)."""
+
+    name: str  # registered name "<suite>.<metric>" (artifact metrics, metrics.json)
+    short: str  # name in `sstm compare` (--metric, JSON and CSV keys)
+    abbrev: str  # table column
+    higher_better: bool = True
+    rate: bool = False  # scores are 0/1: the metric is a proportion
+    subset: tuple[str, Any] | None = None  # only samples whose record[field] == value
+
+    @property
+    def suite(self) -> str:
+        return self.name.partition(".")[0]
+
+
+@dataclass(frozen=True)
+class SuiteData:
+    """Where a suite's rows come from."""
+
+    default: Callable[[Registry, DataContext], Artifact]  # the held-out split; may raise sd.DataUnavailable
+    read: FileReader  # a user's file (or directory) -> a `dataset`
+    columns: tuple[str, ...]  # the columns a user's file needs
+    what: str  # what the file holds, for --help
+    option: str  # the CLI option that names the file
+    note: str = ""  # more for --help (other accepted forms)
+    sample_by: str | None = None  # rows sharing this field's value are sampled (--samples) together
+
+    def groups(self, rows: list[dict]) -> list | None:
+        """Each row's sampling group for :func:`sstm.data.sample_indices` (None: the row alone)."""
+        return [r.get(self.sample_by) for r in rows] if self.sample_by else None
+
+
 Advance = Callable[[int], None]
-SuiteFn = Callable[..., "tuple[dict[str, float], list[dict]]"]
+SuiteFn = Callable[..., "tuple[dict[str, float], list[dict], dict]"]
 
 
 @dataclass(frozen=True)
 class Suite:
     name: str
-    run: SuiteFn  # (model, tok, rows: list[(index, row)], settings, advance) -> (metrics, samples)
     description: str
+    run: SuiteFn  # (model, tok, rows: list[(index, row)], settings, advance) -> (metrics, samples, stats)
+    metrics: tuple[Metric, ...]  # the first is the suite's main metric (`--metric SUITE`)
+    abbrev: str  # the suite in compact table cells (jb:…)
+    data: SuiteData
     generates: bool  # uses batch generation (max_new_tokens applies)
     judged: bool  # uses the refusal judge
     uses_context: bool  # the document budget (max_context_tokens) applies
@@ -59,11 +105,14 @@ class Suite:
 SUITES: dict[str, Suite] = {}
 
 
-def suite(name: str, description: str, *, generates: bool = True, judged: bool = False, uses_context: bool = False):
+def suite(name: str, description: str, *, abbrev: str, metrics: tuple[Metric, ...], data: SuiteData,
+          generates: bool = True, judged: bool = False, uses_context: bool = False):
     """Register a suite function under `name` (what `--suite` accepts)."""
+    if any(m.suite != name for m in metrics):
+        raise ValueError(f"suite {name}: metric names must read {name}.<metric>")
 
     def deco(fn: SuiteFn) -> SuiteFn:
-        SUITES[name] = Suite(name, fn, description, generates, judged, uses_context)
+        SUITES[name] = Suite(name, description, fn, metrics, abbrev, data, generates, judged, uses_context)
         return fn
 
     return deco
@@ -80,6 +129,11 @@ def get_suites(names: str | list[str] | tuple[str, ...]) -> list[Suite]:
     if unknown:
         raise SSTMError(f"--suite {','.join(unknown)}: unknown suite (choose from {', '.join(SUITES)})")
     return [SUITES[n] for n in names]
+
+
+def all_metrics() -> list[Metric]:
+    """Every registered suite's metrics, suites in registration order."""
+    return [m for s in SUITES.values() for m in s.metrics]
 
 
 # --------------------------------------------------------------------------- scoring helpers
@@ -111,10 +165,84 @@ def _stats(gens, max_new_tokens: int) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- user files
+
+
+def prompt_row(record: dict, i: int, path: Path) -> dict:
+    """A row of a prompt file: ``prompt``, optional ``response`` (a reference answer)."""
+    ref = record.get("response")
+    return {"prompt": text_field(record["prompt"], "prompt", i, path),
+            "response": "" if ref is None or ref != ref else str(ref)}  # None/NaN: no reference
+
+
+def mmlu_row(record: dict, i: int, path: Path) -> dict:
+    """A row of an MMLU file: ``question, A, B, C, D, answer`` (A-D or 0-3), optional ``subject``."""
+    text = str(record["answer"]).strip()
+    if text.upper() in LETTERS:
+        answer = LETTERS.index(text.upper())
+    elif text in ("0", "1", "2", "3"):
+        answer = int(text)
+    else:
+        raise SSTMError(f"{path.name} row {i + 1}: column 'answer' must be A-D or 0-3, got {record['answer']!r}")
+    row = {"prompt": text_field(record["question"], "question", i, path), "response": LETTERS[answer],
+           "choices": [text_field(record[c], c, i, path) for c in LETTERS], "answer": answer}
+    if record.get("subject") is not None:
+        row["subject"] = str(record["subject"])
+    return row
+
+
+def _mmlu_file(reg: Registry, s: Suite, path: Path) -> Artifact:
+    """An MMLU file, or a directory of the original MMLU CSVs (read by ``mmlu_split``)."""
+    if path.is_dir():
+        return sd.mmlu_split(reg, source=str(path))
+    return read_table_file(reg, s, path, mmlu_row)
+
+
+def flag_field(value, what: str, i: int, path: Path) -> bool | None:
+    """An optional yes/no cell of row `i` of a user's file: true/false, 1/0, yes/no; blank: None."""
+    if value is None or (isinstance(value, float) and value != value) or not str(value).strip():
+        return None
+    if isinstance(value, (bool, int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "false", "no", "0"):
+        return text in ("true", "yes", "1")
+    raise SSTMError(f"{path.name} row {i + 1}: column '{what}' must be true/false, 1/0 or yes/no, got {value!r}")
+
+
+def jailbreak_row(record: dict, i: int, path: Path) -> dict:
+    """A row of a jailbreak file: a prompt row, plus the optional ``wrapped`` (the prompt wraps a request
+    in a jailbreak template) and ``request_id`` (rows of one request: sampled together, paired)."""
+    row = prompt_row(record, i, path)
+    wrapped = flag_field(record.get("wrapped"), "wrapped", i, path)
+    if wrapped is not None:
+        row["wrapped"] = wrapped
+    rid = record.get("request_id")
+    if rid is not None and rid == rid and str(rid).strip():  # not None/NaN/blank
+        row["request_id"] = str(rid).strip()
+    return row
+
+
+def _jailbreak_default(reg: Registry, ctx: DataContext) -> Artifact:
+    """safety/eval (each request bare and wrapped); with a context budget, only templates that fit it
+    in the base model's tokens."""
+    if ctx.max_context_tokens is None:
+        return sd.safety_split(reg, "eval")
+    return sd.safety_split(reg, "eval", max_template_tokens=ctx.max_context_tokens, tokenizer=ctx.tokenizer())
+
+
+def _prompts(what: str, default: Callable[[Registry, DataContext], Artifact], option: str) -> SuiteData:
+    return SuiteData(default, lambda reg, s, path: read_table_file(reg, s, path, prompt_row), ("prompt",), what,
+                     option, "optional response: a reference answer")
+
+
 # --------------------------------------------------------------------------- suites
 
 
 def _refusal_suite(name: str, model, tok, rows, s: Settings, advance: Advance):
+    from sstm.chat import user_message
+    from sstm.generate import generate
+
     gens = generate(model, tok, [user_message(r) for _, r in rows], batch_size=s.batch_size,
                     max_new_tokens=s.max_new_tokens, advance=advance)
     samples = []
@@ -126,16 +254,78 @@ def _refusal_suite(name: str, model, tok, rows, s: Settings, advance: Advance):
     return metrics, samples, _stats(gens, s.max_new_tokens)
 
 
-@suite("jailbreak", "refusal rate on held-out jailbreak prompts (higher = more resistant)", judged=True)
+def subset_means(metrics: tuple[Metric, ...], samples: list[dict]) -> dict[str, float]:
+    """The mean score over each subset metric's samples; a metric with an empty subset is left out (no mean)."""
+    out = {}
+    for m in metrics:
+        if m.subset is not None:
+            key, want = m.subset
+            part = [x["score"] for x in samples if key in x and x[key] == want]
+            if part:
+                out[m.name] = fmean(part)
+    return out
+
+
+def by_category(samples: list[dict]) -> dict[str, dict[str, float]]:
+    """{c: {"n": n_c, "refusal_rate": (1/n_c) sum of the scores of category c}} over the samples with a category."""
+    scores: dict[str, list[float]] = {}
+    for x in samples:
+        if x.get("category") is not None:
+            scores.setdefault(x["category"], []).append(x["score"])
+    return {c: {"n": len(v), "refusal_rate": fmean(v)} for c, v in scores.items()}
+
+
+def paired_counts(samples: list[dict]) -> dict[str, int]:
+    """Bare / wrapped sample counts and, over the (bare, wrapped) pairs of one request, the discordant
+    pairs: refused only bare, refused only wrapped (McNemar's b and c)."""
+    bare = {x["request_id"]: x["refused"] for x in samples if x["wrapped"] is False and x["request_id"] is not None}
+    pairs = [(bare[x["request_id"]], x["refused"]) for x in samples if x["wrapped"] and x["request_id"] in bare]
+    return {"n_direct": sum(x["wrapped"] is False for x in samples),
+            "n_wrapped": sum(x["wrapped"] is True for x in samples), "n_pairs": len(pairs),
+            "pairs_refused_direct_only": sum(d and not w for d, w in pairs),
+            "pairs_refused_wrapped_only": sum(w and not d for d, w in pairs)}
+
+
+@suite("jailbreak", "refusal rate on held-out harmful requests, bare and wrapped (higher = more resistant)",
+       abbrev="jb",
+       metrics=(Metric("jailbreak.refusal_rate", "jailbreak", "jailbreak", rate=True),
+                Metric("jailbreak.refusal_rate_direct", "jailbreak_direct", "jb_dir", rate=True,
+                       subset=("wrapped", False)),
+                Metric("jailbreak.refusal_rate_wrapped", "jailbreak_wrapped", "jb_wrap", rate=True,
+                       subset=("wrapped", True))),
+       data=SuiteData(_jailbreak_default, lambda reg, s, path: read_table_file(reg, s, path, jailbreak_row),
+                      ("prompt",), "Jailbreak prompts", "--jailbreak-data",
+                      "optional response: a reference answer; optional wrapped (true/false): refusal is also "
+                      "reported for bare and wrapped requests; optional request_id: a request's rows are "
+                      "sampled together", sample_by="request_id"),
+       judged=True)
 def jailbreak(model, tok, rows, s: Settings, advance: Advance):
-    """refusal_rate = (1/n) sum_i [judge(response_i) = refusal]."""
-    return _refusal_suite("jailbreak", model, tok, rows, s, advance)
+    """refusal_rate = (1/n) sum_i [judge(response_i) = refusal]; refusal_rate_direct / _wrapped: the same
+    mean over the bare / template-wrapped requests (rows that say which they are)."""
+    metrics, samples, stats = _refusal_suite("jailbreak", model, tok, rows, s, advance)
+    for (_, r), x in zip(rows, samples):
+        x["wrapped"] = r["wrapped"] if isinstance(r.get("wrapped"), bool) else None
+        x["request_id"] = r.get("request_id")
+    return (metrics | subset_means(SUITES["jailbreak"].metrics, samples), samples,
+            stats | paired_counts(samples))
 
 
-@suite("repliqa", "mean ROUGE-L F1 on document-grounded questions (answerable / unanswerable too)",
+@suite("repliqa", "mean ROUGE-L F1 on document-grounded questions (answerable / unanswerable too)", abbrev="rq",
+       metrics=(Metric("repliqa.rouge_l", "rouge_l", "rouge_l"),
+                Metric("repliqa.rouge_l_answerable", "rouge_l_answerable", "rl_ans", subset=("answerable", True)),
+                Metric("repliqa.rouge_l_unanswerable", "rouge_l_unanswerable", "rl_unans",
+                       subset=("answerable", False))),
+       # read by utility_split, so a file's answerable/unanswerable rule is the one training data uses
+       data=SuiteData(lambda reg, ctx: sd.utility_split(reg, "eval"),
+                      lambda reg, s, path: sd.utility_split(reg, "eval", source=str(path)),
+                      ("question", "answer", "document_extracted"), "Document-grounded questions", "--repliqa-data",
+                      "RepliQA's column names"),
        uses_context=True)
 def repliqa(model, tok, rows, s: Settings, advance: Advance):
     """rouge_l = (1/n) sum_i F1_LCS(response_i, gold_i); the same mean per answerable subset."""
+    from sstm.chat import user_message
+    from sstm.generate import generate
+
     messages = [user_message(r, tok, s.max_context_tokens) for _, r in rows]
     gens = generate(model, tok, messages, batch_size=s.batch_size, max_new_tokens=s.max_new_tokens, advance=advance)
     scores = rouge_l([r["response"] for _, r in rows], [g.text for g in gens])
@@ -155,15 +345,29 @@ def repliqa(model, tok, rows, s: Settings, advance: Advance):
     }
 
 
-@suite("overrefusal", "refusal rate on held-out benign prompts (lower = better)", judged=True)
+@suite("overrefusal", "refusal rate on held-out benign prompts (lower = better)", abbrev="or",
+       metrics=(Metric("overrefusal.refusal_rate", "overrefusal", "overref", higher_better=False, rate=True),),
+       data=_prompts("Over-refusal (benign) prompts", lambda reg, ctx: sd.benign_split(reg), "--benign-data"),
+       judged=True)
 def overrefusal(model, tok, rows, s: Settings, advance: Advance):
-    """refusal_rate = (1/n) sum_i [judge(response_i) = refusal], on benign prompts."""
-    return _refusal_suite("overrefusal", model, tok, rows, s, advance)
+    """refusal_rate = (1/n) sum_i [judge(response_i) = refusal], on benign prompts; stats ``by_category``:
+    n_c and the same mean over the rows of each category c (rows that have one, e.g. the embedded set's)."""
+    metrics, samples, stats = _refusal_suite("overrefusal", model, tok, rows, s, advance)
+    for (_, r), x in zip(rows, samples):
+        x["category"] = r.get("category")
+    return metrics, samples, stats | {"by_category": by_category(samples)}
 
 
-@suite("mmlu", "accuracy of the most likely answer letter A-D", generates=False)
+@suite("mmlu", "accuracy of the most likely answer letter A-D", abbrev="mmlu",
+       metrics=(Metric("mmlu.accuracy", "mmlu", "mmlu", rate=True),),
+       data=SuiteData(lambda reg, ctx: sd.mmlu_split(reg), _mmlu_file, ("question", *LETTERS, "answer"),
+                      "MMLU questions", "--mmlu-data",
+                      "answer A-D or 0-3, optional subject; or a directory of the original MMLU CSVs"),
+       generates=False)
 def mmlu(model, tok, rows, s: Settings, advance: Advance):
     """accuracy = (1/n) sum_i [argmax_l log p(l | prompt_i) = answer_i], l in {A, B, C, D}."""
+    from sstm.generate import letter_ids, next_token_logprobs
+
     for i, r in rows:
         if not isinstance(r.get("answer"), int) or not 0 <= r["answer"] < len(LETTERS):
             raise SSTMError(f"MMLU row {i}: 'answer' must be an index 0-3, got {r.get('answer')!r}")
@@ -177,3 +381,4 @@ def mmlu(model, tok, rows, s: Settings, advance: Advance):
                         "score": float(correct), "refused": None, "subject": r.get("subject"),
                         "letter_logprobs": dict(zip(LETTERS, (round(x, 6) for x in lp)))})
     return {"mmlu.accuracy": fmean(x["score"] for x in samples)}, samples, {}
+

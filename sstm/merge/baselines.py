@@ -25,16 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sstm.errors import SSTMError
-from sstm.merge import METHODS, check_weights, merge_method
+from sstm.merge.methods import METHODS, Density, SignMethod, check_weights, merge_method
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import progress
 
 if TYPE_CHECKING:
     import torch
 
-CODE = ("merge/__init__.py", "merge/baselines.py", "merge/lora.py")
 DIAGNOSTICS = "diagnostics.json"
-SIGN_METHODS = ("total", "frequency")
 
 
 def _peft_merge():
@@ -53,19 +51,19 @@ def task_arithmetic(deltas, weights):
 
 
 @merge_method("ties")
-def ties(deltas, weights, density: float = 0.5, majority_sign_method: str = "total"):
+def ties(deltas, weights, density: Density = 0.5, majority_sign_method: SignMethod = "total"):
     """TIES: keep the top-density magnitudes, elect a sign, average the agreeing entries (merge_utils.ties)."""
     return _peft_merge().ties(deltas, weights, density, majority_sign_method)
 
 
 @merge_method("dare", stochastic=True)
-def dare_linear(deltas, weights, density: float = 0.5):
+def dare_linear(deltas, weights, density: Density = 0.5):
     """DARE linear: drop entries at random (keep density, rescale 1/density), then add (merge_utils.dare_linear)."""
     return _peft_merge().dare_linear(deltas, weights, density)
 
 
 @merge_method("dare_ties", stochastic=True)
-def dare_ties(deltas, weights, density: float = 0.5, majority_sign_method: str = "total"):
+def dare_ties(deltas, weights, density: Density = 0.5, majority_sign_method: SignMethod = "total"):
     """DARE-TIES: random drop with rescaling, then TIES sign election and disjoint mean (merge_utils.dare_ties)."""
     return _peft_merge().dare_ties(deltas, weights, density, majority_sign_method)
 
@@ -97,31 +95,16 @@ def truncated_lora(delta: "torch.Tensor", rank: int) -> tuple["torch.Tensor", "t
     return B, A, err
 
 
-def check_method_params(name: str, given: dict) -> dict:
-    """The method's params: its signature defaults overridden by `given`, validated."""
-    if name not in METHODS:
-        raise SSTMError(f"unknown merge method {name}: expected sst or one of {', '.join(METHODS)}")
-    method = METHODS[name]
-    unknown = sorted(set(given) - set(method.params))
-    if unknown:
-        raise SSTMError(f"merge method {name} has no parameter {unknown[0]} (it takes: {', '.join(method.params) or 'none'})")
-    try:  # typed like the signature default, so density=1 and density=1.0 are the same artifact
-        params = method.params | {k: type(method.params[k])(v) for k, v in given.items() if v is not None}
-    except (TypeError, ValueError):
-        raise SSTMError(f"merge method {name}: bad parameter value in {given}") from None
-    if "density" in params and not 0 < float(params["density"]) <= 1:
-        raise SSTMError(f"--density {params['density']}: must be in (0, 1]")
-    if "majority_sign_method" in params and params["majority_sign_method"] not in SIGN_METHODS:
-        raise SSTMError(f"--majority-sign-method {params['majority_sign_method']}: expected total or frequency")
-    return params
-
-
 # --------------------------------------------------------------------------- stage
 
 
 @dataclass
 class BaselineConfig:
-    """`sstm merge METHOD`: merge ΔW_u and ΔW_s with weights [1, w] per module, stored at rank r_u + r_s."""
+    """`sstm merge METHOD`: merge ΔW_u and ΔW_s with weights [1, w] per module, stored at rank r_u + r_s.
+
+    Checked on construction: `params` become the method's full, typed parameters and `w` the list
+    of weights; `seed` is set (default 0) for stochastic methods and refused for the others.
+    """
 
     method: str
     utility: str
@@ -130,19 +113,25 @@ class BaselineConfig:
     params: dict = field(default_factory=dict)  # method parameters, e.g. {"density": 0.5}
     seed: int | None = None  # stochastic methods only (default 0)
 
+    def __post_init__(self) -> None:
+        method = METHODS.get(self.method)
+        if method is None or method.fn is None:
+            per_module = [m for m, x in METHODS.items() if x.fn is not None]
+            raise SSTMError(f"unknown merge method {self.method}: expected one of {', '.join(per_module)}")
+        self.params = method.check_params(self.params)
+        if self.seed is not None and not method.stochastic:
+            raise SSTMError(f"merge method {self.method} is deterministic; --seed applies to random methods only")
+        self.seed = (self.seed or 0) if method.stochastic else None
+        self.w = check_weights(self.w)
+
 
 def baseline_merge(reg: Registry, cfg: BaselineConfig) -> list[Artifact]:
     """One `merged` artifact per w (built or reused), in the order of `cfg.w`."""
     import torch
 
-    from sstm.merge.lora import load_pair, write_lora
+    from sstm.adapters import load_pair, write_lora
 
-    params = check_method_params(cfg.method, cfg.params)
-    method = METHODS[cfg.method]
-    if cfg.seed is not None and not method.stochastic:
-        raise SSTMError(f"merge method {cfg.method} is deterministic; --seed applies to dare and dare_ties only")
-    seed = (cfg.seed or 0) if method.stochastic else None
-    ws = check_weights(cfg.w)
+    method, params, seed = METHODS[cfg.method], cfg.params, cfg.seed
     u, s, fu, fs = load_pair(reg, cfg.utility, cfg.safety)
     rank = fu.rank + fs.rank
     dtype = torch.promote_types(torch.promote_types(fu.dtype, fs.dtype), torch.float32)
@@ -170,11 +159,11 @@ def baseline_merge(reg: Registry, cfg: BaselineConfig) -> list[Artifact]:
         return build
 
     arts = []
-    for w in ws:
+    for w in cfg.w:
         p = {"method": cfg.method, "w": w, "weights": [1.0, w], **params, "rank": rank}
         if seed is not None:
             p["seed"] = seed
         label = f"{cfg.method} w={w:g}" + "".join(f" {k}={v}" for k, v in params.items())
         arts.append(reg.get_or_build("merged", p, {"base": u.inputs["base"], "utility": u, "safety": s},
-                                     code_fingerprint(*CODE), build_for(w), label=label, seed=seed))
+                                     code_fingerprint(__name__), build_for(w), label=label, seed=seed))
     return arts

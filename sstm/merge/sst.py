@@ -1,4 +1,4 @@
-"""SST-Merge (Safety Subspace Task-Merge), DESIGN.md §5 steps 4-6.
+"""SST-Merge (Safety Subspace Task-Merge), docs/method.md §3-4.
 
 Per target module m, with F_u, F_s the utility and safety Fishers in the safety
 adapter's core coordinates (see :mod:`sstm.fisher`) and M_s = Q_Bᵀ ΔW_s Q_A:
@@ -8,6 +8,10 @@ adapter's core coordinates (see :mod:`sstm.fisher`) and M_s = Q_Bᵀ ΔW_s Q_A:
 5. V_k = the k eigenvectors of largest λ (important for safety, unimportant for
    utility); projector in the F_u metric P = V_k V_kᵀ (F_u + δI) (P² = P, k = r²
    gives P = I); M_proj = unvec(P·vec(M_s)) (row-major vec).
+   k is cut down to a gap of the spectrum (:func:`separated_k`): P depends only on
+   span(V_k), which the spectrum fixes only where λ_k > λ_{k+1}; below the gap the
+   eigenvectors of tied eigenvalues (e.g. the ≥ r² − N zero eigenvalues of a Fisher
+   of N rows) are whatever the solver's rounding returns.
 6. ΔW = ΔW_u + w·ℓ(m)·Q_B M_proj Q_Aᵀ with layer weights ℓ (lm_head 5, q/k/v/o 2,
    gate/up/down 1.5), stored exactly as one LoRA of rank r_u + r_s:
    B = [s_u·B_u, w·ℓ·Q_B·M_proj],  A = [A_u; Q_Aᵀ],  lora_alpha = r (scale 1).
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +33,13 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from sstm.adapters import load_pair, module_type, write_lora
 from sstm.errors import SSTMError
 from sstm.fisher import FisherConfig, core_bases, core_coords, fisher, load_fisher
-from sstm.merge import check_weights
-from sstm.merge.lora import load_pair, module_type, write_lora
+from sstm.merge.methods import check_weights
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import progress, warn
 
-CODE = ("merge/sst.py", "merge/lora.py", "fisher.py")
 DIAGNOSTICS = "diagnostics.json"
 DEFAULT_LAYER_WEIGHTS = {
     "lm_head": 5.0,
@@ -43,16 +47,22 @@ DEFAULT_LAYER_WEIGHTS = {
     "gate_proj": 1.5, "up_proj": 1.5, "down_proj": 1.5,
     "default": 1.0,  # any other module type
 }
+# Two eigenvalues closer than SEPARATION_RTOL·max|λ| are tied (docs/method.md §3, "Ties"). Measured on
+# synthetic Fishers of 32 and 128 rows (r² = 256): the solver's rounding is ~1e-15 of λ_max and the zero
+# eigenvalues of a float32-stored Fisher stay within 1e-8 of it, while the eigenvalues the rows separate
+# are ≥ 3e-5·λ_max with gaps of 1e-6 and more (a smaller gap in a decaying tail moves the cut down a step).
+SEPARATION_RTOL = 1e-6
+_EIGH_DRIVER: str | None = None  # scipy's default; a seam for tests/test_reproducible.py, not an option
 
 
 @dataclass
 class SSTConfig:
-    """`sstm merge sst`: one merged adapter per (k, w); lists run a sweep."""
+    """`sstm merge sst`: one merged adapter per (k, w); lists run a sweep (normalised to lists, validated)."""
 
     utility: str
     safety: str
     # defaults from the sweeps on the embedded SmolLM2 (README "Results", docs/method.md): k = r²/2 of r = 16
-    k: int | list[int] = 128
+    k: int | list[int] = 128  # requested; cut to a gap of each module's spectrum (separated_k)
     w: float | list[float] = 0.75
     samples: int = 128  # Fisher samples per role (256 was no better in the sweeps, docs/method.md §7)
     damping: float = 1e-3
@@ -64,6 +74,20 @@ class SSTConfig:
     seed: int = 0
     device: str | None = None
     dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        ks = [self.k] if isinstance(self.k, numbers.Integral) else list(self.k)
+        if not ks:
+            raise SSTMError("--k: give at least one value")
+        for k in ks:
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+                raise SSTMError(f"--k {k}: must be an integer >= 1")
+        if not self.damping > 0:
+            raise SSTMError(f"--damping {self.damping}: must be > 0")
+        if self.samples < 1:
+            raise SSTMError(f"--samples {self.samples}: must be at least 1")
+        self.k = list(dict.fromkeys(int(k) for k in ks))  # Python ints: they become artifact params
+        self.w = check_weights(self.w)
 
 
 # --------------------------------------------------------------------------- math
@@ -78,6 +102,14 @@ class Gevp:
     metric: np.ndarray  # F_u + δI
     delta: float
 
+    @property
+    def tie_tol(self) -> float:
+        """SEPARATION_RTOL·max|λ|: eigenvalues closer than this are tied."""
+        return SEPARATION_RTOL * float(np.abs(self.lam).max(initial=0.0))
+
+    def separated_k(self, k: int) -> int:
+        return separated_k(self.lam, k, self.tie_tol)
+
 
 def solve_gevp(F_u: np.ndarray, F_s: np.ndarray, damping: float, where: str = "") -> Gevp:
     """F_s v = λ (F_u + δI) v with δ = damping·tr(F_u)/r² (δ = damping if tr(F_u) = 0)."""
@@ -86,10 +118,27 @@ def solve_gevp(F_u: np.ndarray, F_s: np.ndarray, damping: float, where: str = ""
     delta = damping * tr / n if tr > 0 else damping
     metric = F_u + delta * np.eye(n)
     try:
-        lam, V = scipy.linalg.eigh(F_s, metric)
+        lam, V = scipy.linalg.eigh(F_s, metric, driver=_EIGH_DRIVER)
     except (np.linalg.LinAlgError, ValueError) as e:
         raise SSTMError(f"GEVP failed{' for ' + where if where else ''}: {e}") from None
     return Gevp(lam[::-1].copy(), V[:, ::-1].copy(), metric, delta)
+
+
+def separated_k(lam: np.ndarray, k: int, tol: float) -> int:
+    """The largest k' ≤ k whose cut lies at a gap: λ_k' − λ_{k'+1} > tol (λ decreasing; k' = 0 and r² always do).
+
+    P = V_k V_kᵀ(F_u + δI) is the (F_u + δI)-orthogonal projector onto span(V_k), so it is
+    the same for any basis of that span (signs, rotations inside a block of tied λ). The
+    span is fixed by the spectrum only when the cut separates λ_k from λ_{k+1}; inside a
+    tie (the zero eigenvalues of a rank-deficient F_s above all) it is whatever the
+    solver's rounding returns. Cutting down to the nearest gap keeps the merge a function
+    of the Fishers alone; cutting up would keep more directions than asked.
+    """
+    n = lam.size
+    if k >= n:
+        return n
+    gaps = np.flatnonzero((lam[:-1] - lam[1:])[:k] > tol)  # index j: the gap after the (j+1)-th eigenvalue
+    return int(gaps[-1]) + 1 if gaps.size else 0
 
 
 def projector(g: Gevp, k: int) -> np.ndarray:
@@ -134,23 +183,6 @@ def load_layer_weights(spec: str | dict | None) -> dict[str, float]:
     return out
 
 
-def _check(cfg: SSTConfig, r2: int) -> tuple[list[int], list[float]]:
-    ks = [cfg.k] if isinstance(cfg.k, int) else list(cfg.k)
-    if not ks:
-        raise SSTMError("--k: give at least one value")
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise SSTMError(f"--k {k}: must be an integer >= 1")
-    if not cfg.damping > 0:
-        raise SSTMError(f"--damping {cfg.damping}: must be > 0")
-    if cfg.samples < 1:
-        raise SSTMError(f"--samples {cfg.samples}: must be at least 1")
-    ws = check_weights(cfg.w)
-    if any(k > r2 for k in ks):
-        warn(f"--k above r² = {r2} is clamped to {r2}: P = I, i.e. layer-weighted task arithmetic")
-    return list(dict.fromkeys(min(k, r2) for k in ks)), ws
-
-
 # --------------------------------------------------------------------------- stage
 
 
@@ -172,20 +204,20 @@ def single_threaded():
         torch.set_num_threads(n)
 
 
-def _prepare(fu, fs, F_u: dict, F_s: dict, damping: float) -> dict:
-    """Per module: Q_B, Q_A, M_s (float64, numpy) and the GEVP; done once per sweep."""
-    bases = core_bases(fs)
-    if set(F_u) != set(fs.modules) or set(F_s) != set(fs.modules):
+def _prepare(lora_s, F_u: dict, F_s: dict, damping: float) -> dict:
+    """Per module: Q_B, Q_A, M_s (float64, numpy), both Fishers and the GEVP; done once per sweep."""
+    bases = core_bases(lora_s)
+    if set(F_u) != set(lora_s.modules) or set(F_s) != set(lora_s.modules):
         raise SSTMError("the Fishers do not cover the adapters' target modules")
     prep = {}
-    with progress("GEVP", total=len(fs.modules), unit="modules") as advance:
-        for m in fs.modules:
-            fu_m, fs_m = F_u[m].numpy(), F_s[m].numpy()
-            if not (np.isfinite(fu_m).all() and np.isfinite(fs_m).all()):
+    with progress("GEVP", total=len(lora_s.modules), unit="modules") as advance:
+        for m in lora_s.modules:
+            F_u_m, F_s_m = F_u[m].numpy(), F_s[m].numpy()
+            if not (np.isfinite(F_u_m).all() and np.isfinite(F_s_m).all()):
                 raise SSTMError(f"the Fisher of module {m} has non-finite entries")
             QB, QA = bases[m]
-            prep[m] = {"QB": QB, "QA": QA, "Ms": core_coords(fs, m, QB, QA).numpy(), "F_u": fu_m, "F_s": fs_m,
-                       "gevp": solve_gevp(fu_m, fs_m, damping, where=m)}
+            prep[m] = {"QB": QB, "QA": QA, "Ms": core_coords(lora_s, m, QB, QA).numpy(), "F_u": F_u_m,
+                       "F_s": F_s_m, "gevp": solve_gevp(F_u_m, F_s_m, damping, where=m)}
             advance()
     return prep
 
@@ -194,23 +226,34 @@ def _share(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 
 
-def _module_diagnostics(p: dict, mp: np.ndarray, k: int) -> dict:
-    """Spectrum summary and how much of M_s survives the projection (norm, safety and utility Fisher energy)."""
-    lam, ms, v, vp = p["gevp"].lam, p["Ms"], p["Ms"].reshape(-1), mp.reshape(-1)
+def _module_diagnostics(p: dict, mp: np.ndarray, k_eff: int) -> dict:
+    """Spectrum summary (λ tied with 0 reported as 0), the cut, and how much of M_s survives the projection."""
+    g, ms, v, vp = p["gevp"], p["Ms"], p["Ms"].reshape(-1), mp.reshape(-1)
+    lam = np.where(np.abs(g.lam) <= g.tie_tol, 0.0, g.lam)
     return {
-        "delta": p["gevp"].delta,
-        "lambda_max": float(lam[0]), "lambda_k": float(lam[k - 1]), "lambda_median": float(np.median(lam)),
-        "lambda_min": float(lam[-1]), "lambda_top": [float(x) for x in lam[: min(8, lam.size)]],
-        "lambda_topk_share": _share(float(np.clip(lam[:k], 0, None).sum()), float(np.clip(lam, 0, None).sum())),
+        "delta": g.delta, "k_effective": k_eff,
+        "lambda_max": float(lam[0]), "lambda_k": float(lam[k_eff - 1]) if k_eff else None,
+        "lambda_next": float(lam[k_eff]) if k_eff < lam.size else None,
+        "lambda_median": float(np.median(lam)), "lambda_min": float(lam[-1]),
+        "lambda_top": [float(x) for x in lam[: min(8, lam.size)]],
+        "lambda_topk_share": _share(float(np.clip(lam[:k_eff], 0, None).sum()), float(np.clip(lam, 0, None).sum())),
         "norm_kept": _share(float(np.linalg.norm(mp)), float(np.linalg.norm(ms))),
         "safety_fisher_kept": _share(float(vp @ p["F_s"] @ vp), float(v @ p["F_s"] @ v)),
         "utility_fisher_kept": _share(float(vp @ p["F_u"] @ vp), float(v @ p["F_u"] @ v)),
     }
 
 
-def _metrics(diag: dict) -> dict:
-    """Registered summaries: mean (and min) over modules of the kept shares (modules with M_s = 0 skipped)."""
-    out = {}
+def k_summary(k: int, k_effective: list[int]) -> dict:
+    """min / median / max of the per-module effective k and the number of modules cut below the requested k."""
+    return {"min": min(k_effective), "median": float(np.median(k_effective)), "max": max(k_effective),
+            "capped_modules": sum(ke < k for ke in k_effective)}
+
+
+def _metrics(diag: dict, ks: dict) -> dict:
+    """Registered summaries: the effective k, and mean (and min) over modules of the kept shares
+    (modules with M_s = 0 skipped)."""
+    out = {f"k_effective_{key}": float(v) for key, v in ks.items() if key != "capped_modules"}
+    out["k_capped_modules"] = float(ks["capped_modules"])
     for key in ("norm_kept", "safety_fisher_kept", "utility_fisher_kept"):
         xs = [d[key] for d in diag.values() if d[key] is not None]
         if xs:
@@ -221,25 +264,34 @@ def _metrics(diag: dict) -> dict:
 
 
 def sst_merge(reg: Registry, cfg: SSTConfig) -> list[Artifact]:
-    """One `merged` artifact per (k, w) (built or reused); both Fishers built or reused once."""
-    u, s, fu, fs = load_pair(reg, cfg.utility, cfg.safety)
+    """One `merged` artifact per (k, w) (built or reused); both Fishers built or reused once.
+
+    Params record the requested k (clamped to r²), so an id is a function of the request;
+    the k each module really uses (:func:`separated_k`) is in the diagnostics and metrics.
+    """
+    utility, safety, lora_u, lora_s = load_pair(reg, cfg.utility, cfg.safety)
     lw = load_layer_weights(cfg.layer_weights)
-    ks, ws = _check(cfg, fs.rank ** 2)
-    types = sorted({module_type(m) for m in fs.modules})
+    r2 = lora_s.rank ** 2
+    if any(k > r2 for k in cfg.k):
+        warn(f"--k above r² = {r2} is clamped to {r2}: P = I, i.e. layer-weighted task arithmetic")
+    ks = list(dict.fromkeys(min(k, r2) for k in cfg.k))
+    types = sorted({module_type(m) for m in lora_s.modules})
     used = {t: lw.get(t, lw["default"]) for t in types}
     common = dict(samples=cfg.samples, batch_size=cfg.batch_size, max_len=cfg.max_len, seed=cfg.seed,
                   device=cfg.device, dtype=cfg.dtype)
-    f_u = fisher(reg, FisherConfig(adapter=u.id, role="utility", basis=s.id, data=cfg.utility_data, **common))
-    f_s = fisher(reg, FisherConfig(adapter=s.id, role="safety", basis=s.id, data=cfg.safety_data, **common))
-    rank = fu.rank + fs.rank
+    fisher_u = fisher(reg, FisherConfig(adapter=utility.id, role="utility", basis=safety.id, data=cfg.utility_data,
+                                        **common))
+    fisher_s = fisher(reg, FisherConfig(adapter=safety.id, role="safety", basis=safety.id, data=cfg.safety_data,
+                                        **common))
+    rank = lora_u.rank + lora_s.rank
     # rows each Fisher really averaged over (capped at the dataset size, rows without a response token skipped)
-    used_rows = {"utility": int(f_u.metrics["samples_used"]), "safety": int(f_s.metrics["samples_used"])}
+    used_rows = {"utility": int(fisher_u.metrics["samples_used"]), "safety": int(fisher_s.metrics["samples_used"])}
     state: dict = {}
 
     def prepared() -> dict:
         if not state:
             with single_threaded():
-                state.update(_prepare(fu, fs, load_fisher(f_u), load_fisher(f_s), cfg.damping))
+                state.update(_prepare(lora_s, load_fisher(fisher_u), load_fisher(fisher_s), cfg.damping))
         return state
 
     def build_for(k: int, w: float):
@@ -248,26 +300,29 @@ def sst_merge(reg: Registry, cfg: SSTConfig) -> list[Artifact]:
             prep = prepared()
             with single_threaded():
                 for m, p in prep.items():
-                    mp = project(p["gevp"], p["Ms"], k)
+                    k_eff = p["gevp"].separated_k(k)
+                    mp = project(p["gevp"], p["Ms"], k_eff)
                     ell = used[module_type(m)]
                     safety_B = w * ell * (p["QB"] @ torch.from_numpy(mp))
-                    B[m] = torch.cat([fu.scale * fu.B[m].to(torch.float64), safety_B], dim=1)
-                    A[m] = torch.cat([fu.A[m].to(torch.float64), p["QA"].T], dim=0)
-                    diag[m] = {"layer_weight": ell, **_module_diagnostics(p, mp, k)}
-            write_lora(out, fu.config, A, B, rank, torch.promote_types(fu.dtype, torch.float32))
-            doc = {"method": "sst", "k": k, "w": w, "r": fs.rank, "rank": rank, "damping": cfg.damping,
-                   "layer_weights": used, "modules": diag}
+                    B[m] = torch.cat([lora_u.scale * lora_u.B[m].to(torch.float64), safety_B], dim=1)
+                    A[m] = torch.cat([lora_u.A[m].to(torch.float64), p["QA"].T], dim=0)
+                    diag[m] = {"layer_weight": ell, **_module_diagnostics(p, mp, k_eff)}
+            write_lora(out, lora_u.config, A, B, rank, torch.promote_types(lora_u.dtype, torch.float32))
+            summary = k_summary(k, [d["k_effective"] for d in diag.values()])
+            doc = {"method": "sst", "k": k, "k_effective": summary, "separation_rtol": SEPARATION_RTOL, "w": w,
+                   "r": lora_s.rank, "rank": rank, "damping": cfg.damping, "layer_weights": used, "modules": diag}
             (out / DIAGNOSTICS).write_text(json.dumps(doc, indent=1))
-            return _metrics(diag)
+            return _metrics(diag, summary)
 
         return build
 
     arts = []
-    inputs = {"base": u.inputs["base"], "utility": u, "safety": s, "fisher_utility": f_u, "fisher_safety": f_s}
+    inputs = {"base": utility.inputs["base"], "utility": utility, "safety": safety, "fisher_utility": fisher_u,
+              "fisher_safety": fisher_s}
     for k in ks:
-        for w in ws:
+        for w in cfg.w:
             params = {"method": "sst", "k": k, "w": w, "damping": cfg.damping, "layer_weights": used,
                       "samples": cfg.samples, "fisher_samples_used": used_rows, "rank": rank}
-            arts.append(reg.get_or_build("merged", params, inputs, code_fingerprint(*CODE), build_for(k, w),
+            arts.append(reg.get_or_build("merged", params, inputs, code_fingerprint(__name__), build_for(k, w),
                                          label=f"sst k={k} w={w:g} n={cfg.samples}", seed=cfg.seed))
     return arts

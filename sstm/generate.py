@@ -1,0 +1,349 @@
+"""Greedy generation with the chat template, decoded in slots; answer-letter scoring.
+
+Prompts are rendered with the model's chat template (one user turn + the assistant
+generation prompt) and tokenized without extra special tokens (the template already
+holds them). Prompts are taken longest first, which shows an out-of-memory error on
+the first rows rather than the last.
+
+Decoding in slots (models whose cache is a plain ``DynamicCache``, i.e. Llama-style
+full attention). Each prompt except its last token is run through the model alone
+(prefill cost = its own length, no padding to the longest prompt), and its keys and
+values are written, right-aligned, into a free slot of one batch cache: a buffer of
+shape [slots, heads, width + room, dim] where every slot's cache ends in the same
+column. Each step feeds every slot its next token with its own position id (number
+of tokens before it) and an attention mask that hides the columns left of the slot's
+start, so a row sees exactly the keys, values and positions of an unpadded run.
+A row leaves its slot at its first end-of-turn token or at ``max_new_tokens``, and
+the next waiting prompt takes the slot, so the batch stays full; once no prompt is
+waiting, the cache is repacked without the free slots (and without the columns no
+row uses any more) when they are 1/8 of it. Appending a token writes one column of
+the buffer instead of copying the whole cache (``DynamicLayer`` appends with
+``torch.cat``).
+
+Other models get fixed batches left-padded to their longest prompt and
+``model.generate``: ``generate`` computes position ids from the attention mask, so
+padding changes neither positions nor attention.
+
+Either way a batched greedy run gives the same text as one prompt at a time up to
+float rounding (a matmul over more rows may round differently); the tests and
+``bench/bench_generate.py`` check that the texts are identical.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from sstm.chat import render_prompt
+from sstm.errors import SSTMError
+
+ROOM = 64  # cache columns reserved each time the batch cache is widened or repacked
+WASTE = 8  # repack once free slots or unused leading columns are 1/WASTE of the cache
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # decoded new tokens before the first end-of-turn token, stripped
+    n_tokens: int  # new tokens generated, the end-of-turn token included when reached
+    finished: bool = True  # False: cut off by max_new_tokens before an end-of-turn token
+
+
+def eos_ids(model, tok) -> list[int]:
+    """Every token id that ends a turn: the tokenizer's eos plus the model's generation eos ids."""
+    ids: set[int] = set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(int(i) for i in gen_eos)
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    if not ids:
+        raise SSTMError("the tokenizer has no end-of-sequence token: generation could not stop")
+    return sorted(ids)
+
+
+def pad_id(tok, eos: Sequence[int]) -> int:
+    return int(tok.pad_token_id) if tok.pad_token_id is not None else int(eos[0])
+
+
+def encode_prompts(tok, messages: Sequence[str]) -> list[list[int]]:
+    """Token ids of each user message rendered as chat prompt + assistant generation prompt."""
+    return [tok(render_prompt(tok, m), add_special_tokens=False)["input_ids"] for m in messages]
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), padding on the left so sequences end in the same column."""
+    width = max(len(s) for s in seqs)
+    ids = [[pad] * (width - len(s)) + list(s) for s in seqs]
+    mask = [[0] * (width - len(s)) + [1] * len(s) for s in seqs]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    if batch_size < 1:
+        raise SSTMError(f"--batch-size {batch_size}: must be at least 1")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _generation(tok, new: Sequence[int], eos: Sequence[int]) -> Generation:
+    """The text before the first end-of-turn token of `new` (token ids after the prompt)."""
+    stop = next((j for j, t in enumerate(new) if t in eos), None)
+    kept = new if stop is None else new[:stop]
+    n = len(new) if stop is None else stop + 1
+    return Generation(tok.decode(kept, skip_special_tokens=True).strip(), n, stop is not None)
+
+
+# --------------------------------------------------------------------------- decoding in slots
+
+
+def _prefill_kv(model, prompt: Sequence[int], device) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per layer (keys, values) [1, heads, len-1, dim] of `prompt` minus its last token, run alone.
+
+    None when the prompt has fewer than 2 tokens or the model's cache is not made of plain
+    full-attention `DynamicLayer`s (sliding windows etc. would not survive left padding).
+    """
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    if len(prompt) < 2:
+        return None
+    out = model(input_ids=torch.tensor([list(prompt[:-1])], device=device), use_cache=True, logits_to_keep=1)
+    cache = getattr(out, "cache", None)
+    if not isinstance(cache, DynamicCache) or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _slot_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class SlotLayer(DynamicLayer):
+        """One layer of the batch cache: keys/values are views of the first `width` columns of zeroed buffers.
+
+        `update` (called by the model each step) writes the new column in place, widening
+        the buffers by ROOM columns when full.
+        """
+
+        def __init__(self, slots: int, heads: int, dim: int, like: torch.Tensor):
+            super().__init__()
+            self.is_initialized, self.device = True, like.device
+            self.kbuf = like.new_zeros(slots, heads, 0, dim)
+            self.vbuf = like.new_zeros(slots, heads, 0, dim)
+            self._use(0)
+
+        def _use(self, width: int) -> None:
+            self.width = width
+            self.keys, self.values = self.kbuf[:, :, :width], self.vbuf[:, :, :width]
+
+        def repack(self, keep: torch.Tensor, lead: int, left: int) -> None:
+            """Keep slots `keep`, drop columns [0, lead), add `left` zero columns on the left and ROOM on the right."""
+            used = self.width - lead
+            for name in ("kbuf", "vbuf"):
+                old = getattr(self, name)
+                new = old.new_zeros(len(keep), old.shape[1], left + used + ROOM, old.shape[3])
+                new[:, :, left : left + used] = old[keep, :, lead : self.width]
+                setattr(self, name, new)
+            self._use(left + used)
+
+        def place(self, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+            """Write one row's [1, heads, m, dim] keys/values right-aligned into `slot` (m <= width)."""
+            m = keys.shape[-2]
+            self.kbuf[slot, :, self.width - m : self.width] = keys[0]
+            self.vbuf[slot, :, self.width - m : self.width] = values[0]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            end = self.width + key_states.shape[-2]
+            if end > self.kbuf.shape[-2]:
+                self.repack(torch.arange(self.kbuf.shape[0], device=self.kbuf.device), 0, 0)
+            self.kbuf[:, :, self.width : end] = key_states
+            self.vbuf[:, :, self.width : end] = value_states
+            self._use(end)
+            return self.keys, self.values
+
+    return SlotLayer
+
+
+class _Slots:
+    """The decoding batch: per slot its row (prompt index or None when free), start column, position, next token."""
+
+    def __init__(self, model, first_kv, n_slots: int, device):
+        from transformers.cache_utils import Cache
+
+        slot_layer = _slot_layer_class()
+        self.layers = [slot_layer(n_slots, k.shape[1], k.shape[3], k) for k, _ in first_kv]
+        self.cache = Cache(layers=self.layers)
+        self.model, self.device = model, device
+        self.rows: list[int | None] = [None] * n_slots
+        self.start = [0] * n_slots
+        self.pos = [0] * n_slots
+        self.next = [0] * n_slots
+
+    @property
+    def width(self) -> int:
+        return self.layers[0].width
+
+    def repack(self, keep: list[int], left: int = 0) -> None:
+        """Keep slots `keep` (in order), drop leading columns no kept row uses, pad `left` columns on the left."""
+        lead = min(self.start[s] for s in keep) if keep else self.width
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        for layer in self.layers:
+            layer.repack(index, lead, left)
+        self.rows = [self.rows[s] for s in keep]
+        self.start = [self.start[s] - lead + left for s in keep]
+        self.pos = [self.pos[s] for s in keep]
+        self.next = [self.next[s] for s in keep]
+
+    def admit(self, slot: int, row: int, prompt: Sequence[int], kv) -> None:
+        m = len(prompt) - 1
+        if m > self.width:
+            self.repack(list(range(len(self.rows))), left=m - self.width)
+        for layer, (k, v) in zip(self.layers, kv):
+            layer.place(slot, k, v)
+        self.rows[slot], self.start[slot], self.pos[slot], self.next[slot] = row, self.width - m, m, prompt[-1]
+
+    def step(self) -> list[int]:
+        """Feed every slot its next token; the greedy token each slot predicts."""
+        start = torch.tensor(self.start, device=self.device)
+        mask = (torch.arange(self.width + 1, device=self.device) >= start[:, None]).long()
+        out = self.model(input_ids=torch.tensor(self.next, device=self.device)[:, None], attention_mask=mask,
+                         position_ids=torch.tensor(self.pos, device=self.device)[:, None], cache=self.cache,
+                         use_cache=True)
+        self.next = out.logits[:, -1, :].float().argmax(-1).tolist()
+        self.pos = [p + 1 for p in self.pos]
+        return self.next
+
+
+def _decode_in_slots(model, prompts, order, n_slots, max_new_tokens, eos, advance) -> list[list[int]] | None:
+    """New token ids of each prompt (input order); None when the model's cache cannot be decoded in slots."""
+    device = _device(model)
+    waiting = deque(order)
+    kv = _prefill_kv(model, prompts[waiting[0]], device)
+    if kv is None:
+        return None
+    batch = _Slots(model, kv, min(n_slots, len(order)), device)
+    new: list[list[int]] = [[] for _ in prompts]
+    stop = set(eos)
+    while True:
+        for slot, row in enumerate(batch.rows):
+            if row is None and waiting:
+                i = waiting.popleft()
+                kv = kv if kv is not None else _prefill_kv(model, prompts[i], device)
+                batch.admit(slot, i, prompts[i], kv)
+                kv = None
+        live = [s for s, row in enumerate(batch.rows) if row is not None]
+        if not live:
+            return new
+        unused = min(batch.start[s] for s in live)
+        if (not waiting and (len(batch.rows) - len(live)) * WASTE >= len(batch.rows)) or unused * WASTE >= batch.width:
+            batch.repack(live)
+        for slot, t in enumerate(batch.step()):
+            row = batch.rows[slot]
+            if row is None:
+                continue
+            new[row].append(t)
+            if t in stop or len(new[row]) >= max_new_tokens:
+                pass
+                if advance is not None:
+                    advance(1)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tok,
+    messages: Sequence[str],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    advance: Callable[[int], None] | None = None,
+    prefill_alone: bool = True,
+) -> list[Generation]:
+    """Greedy completions of `messages` (user turns), in input order, decoding only new tokens.
+
+    `batch_size` rows decode together. prefill_alone=False forces the padded fixed batches.
+    """
+    from transformers import GenerationConfig
+
+    if max_new_tokens < 1:
+        raise SSTMError(f"--max-new-tokens {max_new_tokens}: must be at least 1")
+    prompts = encode_prompts(tok, messages)
+    if not prompts:
+        return []
+    eos = eos_ids(model, tok)
+    batches = _batches([len(p) for p in prompts], batch_size)
+    if prefill_alone and min(len(p) for p in prompts) >= 2:
+        order = [i for idx in batches for i in idx]
+        new = _decode_in_slots(model, prompts, order, batch_size, max_new_tokens, eos, advance)
+        if new is not None:
+            return [_generation(tok, n, eos) for n in new]
+    pad = pad_id(tok, eos)
+    config = GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad
+    )
+    device = _device(model)
+    out: list[Generation | None] = [None] * len(prompts)
+    for idx in batches:
+        ids, mask = left_pad([prompts[i] for i in idx], pad)
+        seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        for i, new in zip(idx, seqs[:, ids.shape[1] :].tolist()):
+            out[i] = _generation(tok, new, eos)
+        if advance is not None:
+            advance(len(idx))
+    return out  # type: ignore[return-value]
+
+
+def letter_ids(tok, letters: Sequence[str]) -> list[int]:
+    """The single token id of each answer letter as the first assistant token (no leading space)."""
+    ids = []
+    for letter in letters:
+        enc = tok(letter, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1:
+            raise SSTMError(f"answer letter {letter!r} is not a single token for this tokenizer")
+        ids.append(enc[0])
+    if len(set(ids)) != len(ids):
+        raise SSTMError("answer letters map to the same token for this tokenizer")
+    return ids
+
+
+@torch.inference_mode()
+def next_token_logprobs(
+    model,
+    tok,
+    messages: Sequence[str],
+    token_ids: Sequence[int],
+    *,
+    batch_size: int = 16,
+    advance: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """log p(token | chat prompt) for each message (rows) and each of `token_ids` (columns).
+
+    log p = log_softmax over the whole vocabulary of the logits at the last prompt
+    position, i.e. the first token of the assistant's turn.
+    """
+    prompts = encode_prompts(tok, messages)
+    pad = pad_id(tok, eos_ids(model, tok))
+    device = _device(model)
+    cols = torch.tensor(list(token_ids), dtype=torch.long)
+    out = torch.empty(len(prompts), len(cols), dtype=torch.float32)
+    for idx in _batches([len(p) for p in prompts], batch_size):
+        ids, mask = left_pad([prompts[i] for i in idx], pad)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), logits_to_keep=1
+        ).logits[:, -1, :]
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        out[idx] = logp[:, cols]
+        if advance is not None:
+            advance(len(idx))
+    return out

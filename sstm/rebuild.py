@@ -1,0 +1,274 @@
+"""`sstm verify --rebuild ID`: build an artifact again from its record and compare it with the stored files.
+
+**Replay.** One function per kind (:data:`REPLAYERS`) rebuilds the stage's config from the
+artifact's params and input ids and calls the stage, inside :func:`sstm.registry.rebuilding`:
+the stage's ``get_or_build`` for exactly this id builds into a temporary directory (nothing is
+registered), every input is a cache hit. If the stage computes another id for the same request
+(its code or library versions changed since), nothing is built or compared.
+
+**Comparison**, file by file against the files on disk (identical bytes are reproduced at once):
+
+* ``adapter_model.safetensors``: per module ΔW = s·B·A (a LoRA's factors are unique only up to
+  signs and rotations, e.g. from an SVD), max|ΔW_a − ΔW_b| / max|ΔW|;
+* other ``.safetensors``: per tensor, max|a − b| / max(|a|, |b|);
+* ``.json`` / ``.jsonl``: strings, booleans and null exactly, numbers |a − b| ≤ rtol·max(|a|, |b|, 1);
+* any other file: exact bytes; registered metrics like JSON numbers.
+
+rtol is per kind (:data:`TOLERANCE`): merges are float64 math stored in float32 (solver rounding
+at a separated cut is ~1e-13, so 1e-5 leaves room for float32 SVD/products); Fishers are float32
+forward/backward passes whose rounding follows threads and hardware (1e-4); evals are greedy
+texts and verdicts, which must match exactly (numbers: 1e-5, for the MMLU log-probabilities).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sstm.errors import SSTMError
+from sstm.registry import Artifact, Registry, RebuildMismatch, rebuilding, sha256_file
+
+TOLERANCE = {"merged": 1e-5, "fisher": 1e-4, "eval": 1e-5}
+NOT_REPLAYED = {
+    "base": "a base model's id is the hash of its source files; `sstm verify` re-hashes it",
+    "dataset": "a dataset's id is the hash of its rows; `sstm verify` re-hashes them",
+    "adapter": "training is not reproducible across hardware and thread counts (float32 SGD on a "
+               "different summation order drifts), so adapters are not rebuilt",
+}
+
+
+@dataclass(frozen=True)
+class Difference:
+    file: str
+    item: str  # tensor, module, JSON path or line; "" for the whole file
+    error: float | None  # relative error; None when not numeric (text, missing)
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    id: str
+    kind: str
+    status: str  # "reproduced" | "differs" | "id changed"
+    rtol: float
+    max_error: float = 0.0  # largest relative error over everything compared
+    files: int = 0
+    differences: list[Difference] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def reproduced(self) -> bool:
+        return self.status == "reproduced"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- replay
+
+Replayer = Callable[[Registry, Artifact], Any]
+REPLAYERS: dict[str, Replayer] = {}
+MERGED: dict[str, Replayer] = {}  # merged artifacts by method; per-module methods go through their registry
+
+
+def replayer(kind: str, table: dict[str, Replayer] = REPLAYERS) -> Callable[[Replayer], Replayer]:
+    def deco(fn: Replayer) -> Replayer:
+        table[kind] = fn
+        return fn
+
+    return deco
+
+
+@replayer("fisher")
+def _fisher(reg: Registry, art: Artifact) -> None:
+    from sstm.fisher import FisherConfig, fisher
+
+    p, i = art.params, art.inputs
+    fisher(reg, FisherConfig(adapter=i["adapter"], role=p["role"], basis=i["basis"], samples=p["samples"],
+                             batch_size=p["batch_size"], max_len=p["max_len"], data=i["data"], seed=p["seed"],
+                             dtype=p["dtype"]))
+
+
+@replayer("merged")
+def _merged(reg: Registry, art: Artifact) -> None:
+    MERGED.get(art.params["method"], _per_module_merge)(reg, art)
+
+
+@replayer("sst", MERGED)
+def _sst(reg: Registry, art: Artifact) -> None:
+    """The Fisher settings are the Fisher inputs' own (both were built by one call, with the same ones)."""
+    from sstm.merge.sst import SSTConfig, sst_merge
+
+    p, i = art.params, art.inputs
+    f_u, f_s = reg.get(i["fisher_utility"], kind="fisher"), reg.get(i["fisher_safety"], kind="fisher")
+    sst_merge(reg, SSTConfig(utility=i["utility"], safety=i["safety"], k=p["k"], w=p["w"], samples=p["samples"],
+                             damping=p["damping"], layer_weights=p["layer_weights"],
+                             batch_size=f_s.params["batch_size"], max_len=f_s.params["max_len"],
+                             utility_data=f_u.inputs["data"], safety_data=f_s.inputs["data"],
+                             seed=f_s.params["seed"], dtype=f_s.params["dtype"]))
+
+
+def _per_module_merge(reg: Registry, art: Artifact) -> None:
+    from sstm.merge.methods import METHODS
+
+    p, i = art.params, art.inputs
+    method = METHODS.get(p["method"])
+    if method is None:
+        raise SSTMError(f"merged {art.short}: method {p['method']} is not registered in this version")
+    cfg = method.make_config(i["utility"], i["safety"], w=p["w"], seed=p.get("seed"),
+                             **{k: p[k] for k in method.params if k in p})
+    method.merge(reg, cfg)
+
+
+@replayer("eval")
+def _eval(reg: Registry, art: Artifact) -> None:
+    from sstm.evaluate import EvalConfig, evaluate
+
+    p, i = art.params, art.inputs
+    if str(p.get("judge") or "").startswith("file:"):
+        raise SSTMError(f"eval {art.short} used the judge phrase file {p['judge'][5:]}, whose path is not recorded")
+    given = {k: p[k] for k in ("samples", "batch_size", "max_new_tokens", "judge", "max_context_tokens", "dtype",
+                               "sample_seed") if p.get(k) is not None}
+    data = {p["suite"]: reg.get(i["data"], kind="dataset")} if "data" in i else {}
+    evaluate(reg, EvalConfig(model=reg.get(i["model"]), suites=(p["suite"],), data=data, **given))
+
+
+# --------------------------------------------------------------------------- comparison
+
+Comparer = Callable[[Artifact, Artifact, str, float], tuple[float, list[Difference]]]
+
+
+def _rel(a, b) -> float:
+    """max|a − b| / max(|a|, |b|) of two tensors (0 when equal)."""
+    d = float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+    return 0.0 if d == 0 else d / max(float(a.abs().max()), float(b.abs().max()))
+
+
+def _tensor_diffs(rel: str, a: dict, b: dict, rtol: float, what: str) -> tuple[float, list[Difference]]:
+    worst, out = 0.0, []
+    for name in sorted(set(a) | set(b)):
+        if name not in a or name not in b:
+            out.append(Difference(rel, name, None, f"{what} only in the {'rebuild' if name in b else 'stored file'}"))
+        elif a[name].shape != b[name].shape:
+            out.append(Difference(rel, name, None, f"shape {tuple(a[name].shape)} vs {tuple(b[name].shape)}"))
+        else:
+            e = _rel(a[name], b[name])
+            worst = max(worst, e)
+            if e > rtol:
+                out.append(Difference(rel, name, e))
+    return worst, out
+
+
+def _lora(stored: Artifact, rebuilt: Artifact, rel: str, rtol: float) -> tuple[float, list[Difference]]:
+    from sstm.adapters import read_lora
+
+    fa, fb = read_lora(stored), read_lora(rebuilt)
+    return _tensor_diffs(rel, {m: fa.delta(m) for m in fa.modules}, {m: fb.delta(m) for m in fb.modules}, rtol,
+                         "module")
+
+
+def _tensors(stored: Artifact, rebuilt: Artifact, rel: str, rtol: float) -> tuple[float, list[Difference]]:
+    from safetensors.torch import load_file
+
+    return _tensor_diffs(rel, load_file(str(stored.path / rel)), load_file(str(rebuilt.path / rel)), rtol, "tensor")
+
+
+def _json_diffs(rel: str, path: str, a: Any, b: Any, rtol: float, out: list[Difference]) -> float:
+    """Appends the differences of two JSON values to `out`; returns the largest numeric error."""
+    number = (int, float)
+    if isinstance(a, number) and isinstance(b, number) and not isinstance(a, bool) and not isinstance(b, bool):
+        e = abs(a - b) / max(abs(a), abs(b), 1.0)
+        if e > rtol or math.isnan(e):
+            out.append(Difference(rel, path, e, f"{a!r} vs {b!r}"))
+        return e
+    if isinstance(a, dict) and isinstance(b, dict):
+        worst = 0.0
+        for key in sorted(set(a) | set(b), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in a or key not in b:
+                out.append(Difference(rel, sub, None, f"only in the {'rebuild' if key in b else 'stored file'}"))
+            else:
+                worst = max(worst, _json_diffs(rel, sub, a[key], b[key], rtol, out))
+        return worst
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return max((_json_diffs(rel, f"{path}[{j}]", x, y, rtol, out) for j, (x, y) in enumerate(zip(a, b))),
+                   default=0.0)
+    if a != b or type(a) is not type(b):
+        shown = lambda v: json.dumps(v, ensure_ascii=False)[:80]  # noqa: E731
+        out.append(Difference(rel, path, None, f"{shown(a)} vs {shown(b)}"))
+    return 0.0
+
+
+def _json(stored: Artifact, rebuilt: Artifact, rel: str, rtol: float) -> tuple[float, list[Difference]]:
+    out: list[Difference] = []
+    a, b = (json.loads((art.path / rel).read_text(encoding="utf-8")) for art in (stored, rebuilt))
+    return _json_diffs(rel, "", a, b, rtol, out), out
+
+
+def _jsonl(stored: Artifact, rebuilt: Artifact, rel: str, rtol: float) -> tuple[float, list[Difference]]:
+    out: list[Difference] = []
+    a, b = ([json.loads(x) for x in (art.path / rel).read_text(encoding="utf-8").splitlines() if x.strip()]
+            for art in (stored, rebuilt))
+    if len(a) != len(b):
+        return 0.0, [Difference(rel, "", None, f"{len(a)} lines vs {len(b)}")]
+    worst = max((_json_diffs(rel, f"line {j + 1}", x, y, rtol, out) for j, (x, y) in enumerate(zip(a, b))),
+                default=0.0)
+    return worst, out
+
+
+def _bytes(stored: Artifact, rebuilt: Artifact, rel: str, rtol: float) -> tuple[float, list[Difference]]:
+    return 0.0, [Difference(rel, "", None, "the bytes differ")]
+
+
+COMPARERS: dict[str, Comparer] = {"adapter_model.safetensors": _lora, ".safetensors": _tensors, ".json": _json,
+                                  ".jsonl": _jsonl}
+
+
+def compare(stored: Artifact, rebuilt: Artifact, rtol: float) -> tuple[float, list[Difference]]:
+    """(largest relative error, differences beyond rtol) between the stored files on disk and a rebuild."""
+    worst, out = 0.0, []
+    for rel in sorted(set(stored.files) | set(rebuilt.files)):
+        on_disk = stored.path / rel
+        if rel not in rebuilt.files or not on_disk.is_file():
+            out.append(Difference(rel, "", None, "missing from the rebuild" if on_disk.is_file() else "missing on disk"))
+            continue
+        if rel not in stored.files:
+            out.append(Difference(rel, "", None, "only in the rebuild"))
+            continue
+        if sha256_file(on_disk) == rebuilt.files[rel]["sha256"]:
+            continue
+        compare_file = COMPARERS.get(Path(rel).name) or COMPARERS.get(Path(rel).suffix, _bytes)
+        e, diffs = compare_file(stored, rebuilt, rel, rtol)
+        worst = max(worst, e)
+        out += diffs
+    m_out: list[Difference] = []
+    worst = max(worst, _json_diffs("(metrics)", "", stored.metrics, rebuilt.metrics, rtol, m_out))
+    return worst, out + m_out
+
+
+def verify_rebuild(reg: Registry, ref: str) -> Report:
+    """Rebuild artifact `ref` in a temporary directory and compare it with its stored files."""
+    art = reg.get(ref)
+    replay = REPLAYERS.get(art.kind)
+    if replay is None:
+        raise SSTMError(f"{art.kind} {art.short} is not rebuilt: {NOT_REPLAYED[art.kind]}")
+    report = Report(art.id, art.kind, "id changed", TOLERANCE[art.kind], files=len(art.files))
+    with rebuilding(reg, art.id) as rb:
+        try:
+            replay(reg, art)
+        except RebuildMismatch as e:
+            report.message = f"{e}; not compared"
+            if e.kind == art.kind:
+                report.message = (f"the replay gives {art.kind} {e.id[:12]}, not the stored {art.short}: the code or "
+                                  "library versions changed since it was built; not compared")
+            return report
+        if rb.artifact is None:
+            ids = ", ".join(a[:12] for k, a in rb.asked if k == art.kind) or "nothing"
+            report.message = f"the replay gives {art.kind} {ids}, not the stored {art.short}; not compared"
+            return report
+        report.max_error, report.differences = compare(art, rb.artifact, report.rtol)
+    report.status = "differs" if report.differences else "reproduced"
+    return report

@@ -1,0 +1,103 @@
+"""The training split of each role, including the benign rows that the base model answers itself.
+
+Utility: the registered ``utility/train`` split. Safety with a user's data: that data as
+given. Embedded safety data: jailbreak-wrapped refusals whose templates fit the context
+budget, mixed with a share ``benign_fraction`` of benign requests answered by the base
+model (:func:`helpful_split`), so the adapter keeps answering what the base model
+answered. This is the one place outside evaluation that runs a model to make data, which
+is why it lives next to training and not in :mod:`sstm.data`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sstm.data import safety_split, utility_split, write_rows
+from sstm.data.benign import prompt_id, train_prompts
+from sstm.registry import Artifact, Registry, code_fingerprint
+from sstm.ui import progress, warn
+
+if TYPE_CHECKING:
+    from sstm.train import TrainConfig
+
+# Tokens of --max-len kept for the chat markup, the request and the refusal; a jailbreak
+# template of the embedded safety data may use the rest (max_template_tokens = max_len - this).
+RESERVED_TOKENS = 128
+HELPFUL_SET = "benign-train-v1"
+HELPFUL_NEW_TOKENS = 128
+
+
+def training_data(reg: Registry, cfg: "TrainConfig", base: Artifact, tokenizer) -> Artifact:
+    """The registered training split of `cfg.role`.
+
+    Embedded safety data: jailbreak templates capped to the context budget, and a share
+    `benign_fraction` of the rows are benign requests answered by the base model
+    (:func:`helpful_split`), capped at the size of that pool.
+    """
+    from sstm.data.safety import DEFAULT_N, mixed_split
+
+    if cfg.role == "utility":
+        return utility_split(reg, "train", source=cfg.data, n=cfg.samples, seed=cfg.seed)
+    if cfg.data is not None:
+        return safety_split(reg, "train", source=cfg.data, n=cfg.samples, seed=cfg.seed)
+    n = cfg.samples or DEFAULT_N["train"]
+    helpful = helpful_split(reg, base, cfg.device) if cfg.benign_fraction > 0 else None
+    n_helpful = min(round(n * cfg.benign_fraction), int(helpful.metrics["n"])) if helpful else 0
+    refusals = safety_split(reg, "train", n=n - n_helpful, seed=cfg.seed, max_template_tokens=cfg.max_len - RESERVED_TOKENS,
+                            tokenizer=tokenizer)
+    return mixed_split(reg, refusals, helpful, n_helpful, cfg.seed) if n_helpful else refusals
+
+
+# --------------------------------------------------------------------------- benign rows answered by the base model
+
+
+def whole_sentences(text: str) -> str:
+    """`text` up to its last sentence end (., !, ? or a line break); "" when it has none."""
+    cut = max(text.rfind("\n"), *(m.end() - 1 for m in re.finditer(r"[.!?](?=\s|$)", text)), -1)
+    return text[: cut + 1].strip()
+
+
+def answered_rows(prompts: list[tuple[str, str]], answers) -> tuple[list[dict], dict[str, float]]:
+    """Rows (prompt -> answer) and counts. An answer cut off by the token budget is kept up to its last
+    whole sentence (a half sentence would teach the adapter to stop mid-sentence), or whole when it has
+    no sentence end at all (rare for a real model; counted); empty answers are dropped."""
+    rows, counts = [], {"cut_to_sentence": 0.0, "cut_mid_sentence": 0.0}
+    for (cat, prompt), a in zip(prompts, answers):
+        text = a.text if a.finished else whole_sentences(a.text)
+        if not a.finished:
+            counts["cut_to_sentence" if text else "cut_mid_sentence"] += 1
+        text = text or a.text
+        if text:
+            rows.append({"prompt": prompt, "response": text, "category": cat,
+                         "prompt_id": prompt_id(cat, prompt), "template_id": "benign"})
+    return rows, counts
+
+
+def helpful_split(reg: Registry, base: Artifact, device: str = "auto", max_new_tokens: int = HELPFUL_NEW_TOKENS,
+                  batch_size: int = 16) -> Artifact:
+    """The embedded benign training prompts answered by the base model (greedy): a `dataset` with input `base`.
+
+    Built once per base model (a few minutes on 2 CPU cores for SmolLM2), then a cache hit.
+    """
+    from sstm.generate import generate
+    from sstm.models import load_base, pick_device
+
+    prompts = train_prompts()
+    params = {"split": "benign/train", "source": {"kind": "self-distilled", "set": HELPFUL_SET, "decoding": "greedy",
+                                                  "max_new_tokens": max_new_tokens}}
+
+    def build(out: Path) -> dict[str, float]:
+        model, tok = load_base(base, pick_device(device))
+        with progress("answer benign training prompts (base model)", len(prompts), unit="prompts") as advance:
+            answers = generate(model, tok, [p for _, p in prompts], batch_size=batch_size,
+                               max_new_tokens=max_new_tokens, advance=advance)
+        rows, counts = answered_rows(prompts, answers)
+        if not rows:
+            warn("the base model answered every benign training prompt with an empty text: no benign rows")
+        write_rows(out, rows)
+        return {"n": float(len(rows)), **counts}
+
+    return reg.get_or_build("dataset", params, {"base": base}, code_fingerprint(__name__), build,
+                            label="benign/train")

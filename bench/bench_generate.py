@@ -15,7 +15,8 @@ adapter or a merge:
   slots (B), folded    the same with the LoRA folded into the weights (``sstm.evaluate.stage.fold_lora``)
 
 Throughput = generated tokens (each row's end-of-turn token included) / seconds, wall and
-process CPU time. Every mode's texts are compared with the one-at-a-time texts. The
+process CPU time; for the slot modes also the CPU time of the per-prompt prefill, and the
+decoding throughput without it. Every mode's texts are compared with the one-at-a-time texts. The
 machine's ceiling: plain ``torch.nn.functional.linear`` on the model's decode shapes
 ((B x hidden) times each projection and the lm_head), timed alone, gives the tokens/s a
 decode step made only of these matmuls would reach at batch B.
@@ -149,6 +150,23 @@ def linear_ceiling(config, batch: int, reps: int = 5) -> dict:
             "gflop_per_s": round(flops / total / 1e9, 1)}
 
 
+def time_prefill() -> list[float]:
+    """Make `sstm.generate`'s per-prompt prefill add its CPU seconds to the returned cell."""
+    import sstm.generate as sg
+
+    spent, prefill_kv = [0.0], sg._prefill_kv
+
+    def timed(*args, **kwargs):
+        c0 = time.process_time()
+        try:
+            return prefill_kv(*args, **kwargs)
+        finally:
+            spent[0] += time.process_time() - c0
+
+    sg._prefill_kv = timed
+    return spent
+
+
 # --------------------------------------------------------------------------- bench
 
 
@@ -192,14 +210,17 @@ def main() -> None:
     generate(peft, tok, msgs[:2], batch_size=2, max_new_tokens=4)  # warm-up (allocations, kernels)
     generate(folded, tok, msgs[:2], batch_size=2, max_new_tokens=4)
     load = [os.getloadavg()[0]]
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in modes}
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in modes}
     texts: dict[str, list] = {}
-    for _ in range(args.reps):
+    prefill = time_prefill()
+    for rep in range(args.reps):
         for name, fn in modes.items():
             t0, c0 = time.perf_counter(), time.process_time()
+            prefill[0] = 0.0
             texts[name] = fn()
-            runs[name].append((time.perf_counter() - t0, time.process_time() - c0))
+            runs[name].append((time.perf_counter() - t0, time.process_time() - c0, prefill[0]))
             load.append(os.getloadavg()[0])
+            print(f"rep {rep + 1}/{args.reps} {name}: {runs[name][-1][0]:.1f} s", flush=True)
     ceilings = {b: linear_ceiling(peft.get_base_model().config, b) for b in sorted({1, *sizes})}
 
     ref = texts["one at a time"]
@@ -207,11 +228,14 @@ def main() -> None:
     result_modes = {}
     for name, reps in runs.items():
         tokens = sum(g.n_tokens for g in texts[name])
-        wall = statistics.median(w for w, _ in reps)
-        cpu = statistics.median(c for _, c in reps)
+        wall = statistics.median(w for w, _, _ in reps)
+        cpu = statistics.median(c for _, c, _ in reps)
+        pre = statistics.median(p for _, _, p in reps)
         r = {"generated_tokens": tokens, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
              "tokens_per_s": round(tokens / wall, 1), "tokens_per_cpu_s": round(tokens / cpu, 1),
-             "seconds_per_rep": [round(w, 2) for w, _ in reps],
+             "seconds_per_rep": [round(w, 2) for w, _, _ in reps],
+             "prefill_cpu_seconds": round(pre, 2) if pre else None,
+             "decode_tokens_per_cpu_s": round(tokens / (cpu - pre), 1) if pre else None,
              "identical_to_one_at_a_time": sum(a.text == b.text for a, b in zip(texts[name], ref))}
         if ref_tps is None:
             ref_tps = (r["tokens_per_s"], r["tokens_per_cpu_s"])
@@ -244,6 +268,9 @@ def main() -> None:
     console.print("matmul-only ceiling (F.linear on the model's decode shapes): " + ", ".join(
         f"batch {c['batch']}: {c['tokens_per_s']:.0f} tokens/s ({c['gflop_per_s']:.0f} GFLOP/s)"
         for c in ceilings.values()))
+    console.print("slot modes, CPU seconds in per-prompt prefill: " + ", ".join(
+        f"{name}: {r['prefill_cpu_seconds']:.1f} of {r['cpu_seconds']:.1f} (decode alone {r['decode_tokens_per_cpu_s']:.1f} "
+        "tokens/cpu-s)" for name, r in result_modes.items() if r["prefill_cpu_seconds"]))
     console.print(f"load average (1 min) during the run: {min(load):.2f}-{max(load):.2f}")
     write_result(result, args.out)
 

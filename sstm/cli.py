@@ -2,7 +2,7 @@
 
 User errors (`SSTMError`) print one line and exit 2; Ctrl-C and SIGTERM exit 130 (or
 128 + the signal within :data:`GRACE_S` seconds when a long C call holds the main thread,
-see :func:`main`) and, thanks to the registry's atomic builds, leave nothing half-written registered.
+see :func:`_exit_after_grace`) and, thanks to the registry's atomic builds, leave nothing half-written registered.
 """
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ def eval_cmd(
     samples: Optional[int] = typer.Option(None, "--samples", help="Rows per suite (default: the whole held-out split)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Prompts generated together, left-padded (default: {_EVAL['batch_size']})."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=f"Generation length limit (default: {_EVAL['max_new_tokens']})."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="Refusal judge: 'gcg-extended' (GCG/AdvBench test_prefixes + contracted refusals such as \"I can't help\"), 'gcg' (the GCG list alone) or a file of phrases, one per line "
+    judge: Optional[str] = typer.Option(None, "--judge", help="Refusal judge: 'opening-v1' (refusal phrases in the first 160 characters; precision/recall measured in docs/method.md §9), 'gcg' (the reference GCG/AdvBench list, anywhere), 'gcg-extended' (GCG + contracted refusals), 'hf:MODEL' (a model asked yes/no; local dir or Hub id) or a file of phrases, one per line "
                                        f"(default: {_EVAL['judge']})."),
     max_context_tokens: Optional[int] = typer.Option(None, "--max-context-tokens", help=f"Token budget for repliqa documents and default jailbreak templates (default: {_EVAL['max_context_tokens']})."),
     model: Optional[str] = typer.Option(None, "--model", help="Base model of a PEFT directory (default: smollm2-135m)."),

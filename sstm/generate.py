@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from sstm.chat import render_prompt
 from sstm.errors import SSTMError
@@ -111,8 +112,6 @@ def _prefill_kv(model, prompt: Sequence[int], device) -> list[tuple[torch.Tensor
     None when the prompt has fewer than 2 tokens or the model's cache is not made of plain
     full-attention `DynamicLayer`s (sliding windows etc. would not survive left padding).
     """
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-
     if len(prompt) < 2:
         return None
     out = model(input_ids=torch.tensor([list(prompt[:-1])], device=device), use_cache=True, logits_to_keep=1)
@@ -122,63 +121,55 @@ def _prefill_kv(model, prompt: Sequence[int], device) -> list[tuple[torch.Tensor
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _slot_layer_class():
-    from transformers.cache_utils import DynamicLayer
+class SlotLayer(DynamicLayer):
+    """One layer of the batch cache: keys/values are views of the first `width` columns of zeroed buffers.
 
-    class SlotLayer(DynamicLayer):
-        """One layer of the batch cache: keys/values are views of the first `width` columns of zeroed buffers.
+    `update` (called by the model each step) writes the new column in place, widening
+    the buffers by ROOM columns when full.
+    """
 
-        `update` (called by the model each step) writes the new column in place, widening
-        the buffers by ROOM columns when full.
-        """
+    def __init__(self, slots: int, heads: int, dim: int, like: torch.Tensor):
+        super().__init__()
+        self.is_initialized, self.device = True, like.device
+        self.kbuf = like.new_zeros(slots, heads, 0, dim)
+        self.vbuf = like.new_zeros(slots, heads, 0, dim)
+        self._use(0)
 
-        def __init__(self, slots: int, heads: int, dim: int, like: torch.Tensor):
-            super().__init__()
-            self.is_initialized, self.device = True, like.device
-            self.kbuf = like.new_zeros(slots, heads, 0, dim)
-            self.vbuf = like.new_zeros(slots, heads, 0, dim)
-            self._use(0)
+    def _use(self, width: int) -> None:
+        self.width = width
+        self.keys, self.values = self.kbuf[:, :, :width], self.vbuf[:, :, :width]
 
-        def _use(self, width: int) -> None:
-            self.width = width
-            self.keys, self.values = self.kbuf[:, :, :width], self.vbuf[:, :, :width]
+    def repack(self, keep: torch.Tensor, lead: int, left: int) -> None:
+        """Keep slots `keep`, drop columns [0, lead), add `left` zero columns on the left and ROOM on the right."""
+        used = self.width - lead
+        for name in ("kbuf", "vbuf"):
+            old = getattr(self, name)
+            new = old.new_zeros(len(keep), old.shape[1], left + used + ROOM, old.shape[3])
+            new[:, :, left : left + used] = old[keep, :, lead : self.width]
+            setattr(self, name, new)
+        self._use(left + used)
 
-        def repack(self, keep: torch.Tensor, lead: int, left: int) -> None:
-            """Keep slots `keep`, drop columns [0, lead), add `left` zero columns on the left and ROOM on the right."""
-            used = self.width - lead
-            for name in ("kbuf", "vbuf"):
-                old = getattr(self, name)
-                new = old.new_zeros(len(keep), old.shape[1], left + used + ROOM, old.shape[3])
-                new[:, :, left : left + used] = old[keep, :, lead : self.width]
-                setattr(self, name, new)
-            self._use(left + used)
+    def place(self, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write one row's [1, heads, m, dim] keys/values right-aligned into `slot` (m <= width)."""
+        m = keys.shape[-2]
+        self.kbuf[slot, :, self.width - m : self.width] = keys[0]
+        self.vbuf[slot, :, self.width - m : self.width] = values[0]
 
-        def place(self, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-            """Write one row's [1, heads, m, dim] keys/values right-aligned into `slot` (m <= width)."""
-            m = keys.shape[-2]
-            self.kbuf[slot, :, self.width - m : self.width] = keys[0]
-            self.vbuf[slot, :, self.width - m : self.width] = values[0]
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            end = self.width + key_states.shape[-2]
-            if end > self.kbuf.shape[-2]:
-                self.repack(torch.arange(self.kbuf.shape[0], device=self.kbuf.device), 0, 0)
-            self.kbuf[:, :, self.width : end] = key_states
-            self.vbuf[:, :, self.width : end] = value_states
-            self._use(end)
-            return self.keys, self.values
-
-    return SlotLayer
+    def update(self, key_states, value_states, *args, **kwargs):
+        end = self.width + key_states.shape[-2]
+        if end > self.kbuf.shape[-2]:
+            self.repack(torch.arange(self.kbuf.shape[0], device=self.kbuf.device), 0, 0)
+        self.kbuf[:, :, self.width : end] = key_states
+        self.vbuf[:, :, self.width : end] = value_states
+        self._use(end)
+        return self.keys, self.values
 
 
 class _Slots:
     """The decoding batch: per slot its row (prompt index or None when free), start column, position, next token."""
 
     def __init__(self, model, first_kv, n_slots: int, device):
-        from transformers.cache_utils import Cache
-
-        slot_layer = _slot_layer_class()
-        self.layers = [slot_layer(n_slots, k.shape[1], k.shape[3], k) for k, _ in first_kv]
+        self.layers = [SlotLayer(n_slots, k.shape[1], k.shape[3], k) for k, _ in first_kv]
         self.cache = Cache(layers=self.layers)
         self.model, self.device = model, device
         self.rows: list[int | None] = [None] * n_slots
@@ -250,7 +241,7 @@ def _decode_in_slots(model, prompts, order, n_slots, max_new_tokens, eos, advanc
                 continue
             new[row].append(t)
             if t in stop or len(new[row]) >= max_new_tokens:
-                pass
+                batch.rows[slot] = None
                 if advance is not None:
                     advance(1)
 

@@ -222,8 +222,10 @@ def _imports(name: str, path: Path, package: str) -> tuple[set[str], set[str]]:
         else:
             continue
         for n in names:
-            top = n.split(".")[0]
-            internal.add(n) if top == package else external.add(top)
+            if n.split(".")[0] == package:
+                internal.add(n)
+            else:
+                external.add(n.split(".")[0])
     return internal, external
 
 

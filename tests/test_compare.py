@@ -403,6 +403,7 @@ def test_missing_or_bad_record_file_is_an_error_naming_the_eval(world):
     with pytest.raises(SSTMError, match=f"eval {ev.short}: samples.jsonl is missing"):
         compare(reg, CompareConfig())
     assert_user_error(invoke(reg.home), "samples.jsonl is missing")
+    os.chmod(ev.path / "metrics.json", 0o644)  # registered files are read-only
     (ev.path / "metrics.json").write_text(json.dumps({"suite": "overrefusal"}))  # no status
     with pytest.raises(SSTMError, match=f"eval {ev.short}: .*no suite or no status"):
         compare(reg, CompareConfig())

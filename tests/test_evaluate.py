@@ -323,7 +323,7 @@ def test_eval_artifact_format_and_cache_hit(reg, tiny_base, monkeypatch):
                      max_new_tokens=8, max_context_tokens=16, data=dict(data), device="cpu")
     arts = evaluate(reg, cfg)
     assert [a.params["suite"] for a in arts] == ["jailbreak", "repliqa", "overrefusal"]
-    judge = load_judge("gcg-extended")  # the default
+    judge = load_judge("opening-v1")  # the default
     for a, suite in zip(arts, ["jailbreak", "repliqa", "overrefusal"]):
         assert a.kind == "eval"
         assert a.inputs == {"model": tiny_base.id, "base": tiny_base.id, "data": data[suite].id}
@@ -339,7 +339,7 @@ def test_eval_artifact_format_and_cache_hit(reg, tiny_base, monkeypatch):
         assert a.params["batch_size"] == 4 and a.params["max_new_tokens"] == 8
     jb, rq, bn = arts
     assert set(jb.metrics) == {"jailbreak.refusal_rate"} and set(bn.metrics) == {"overrefusal.refusal_rate"}
-    assert jb.params["judge"] == "gcg-extended" and jb.params["judge_sha256"] == judge.sha256
+    assert jb.params["judge"] == "opening-v1" and jb.params["judge_sha256"] == judge.sha256
     assert jb.params["max_context_tokens"] is None and rq.params["judge"] is None
     assert rq.params["max_context_tokens"] == 16
     for s in _samples(jb):
@@ -641,7 +641,7 @@ def test_cli_eval_options_fall_back_to_eval_config(home, tmp_path, monkeypatch):
     assert seen == [EvalConfig(model="abc123"),
                     EvalConfig(model="abc123", suites=("overrefusal",), judge="gcg", batch_size=3,
                                data={"overrefusal": str(f)})]
-    assert seen[0].judge == load_judge().name == "gcg-extended"
+    assert seen[0].judge == load_judge().name == "opening-v1"
     text = " ".join(runner.invoke(app, ["eval", "--help"]).output.split())
     for s in SUITES.values():
         assert s.data.option in text and s.name in text

@@ -74,6 +74,8 @@ Trainer.training_step = training_step
 """
 
 runner = CliRunner()
+pytestmark = [pytest.mark.filterwarnings("ignore:.*tied layer is part of the adapter"),
+              pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")]
 
 
 def spawn(home: Path, args: list[str], **env) -> subprocess.Popen:
@@ -105,7 +107,7 @@ def pair(reg, tiny_base):
 MERGES = {
     "ta": (["--w", "0.5"], [("merged", "build")]),
     "sst": (["--k", "2", "--w", "0.5", "--samples", "3", "--max-len", "256", "--device", "cpu"],
-            [("fisher", "written"), ("merged", "moved")]),
+            [("fisher", "written")]),
 }
 
 
@@ -161,8 +163,9 @@ def test_sigterm_during_training_ends_promptly(reg, tiny_model_dir, tmp_path, st
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=GRACE_S + 15)
     took = time.time() - t0
-    if step == "interruptible":  # the KeyboardInterrupt path ends it, not the hard exit
-        assert proc.returncode == 130 and "interrupted: nothing half-written" in err, err[-2000:]
+    if step == "interruptible":  # the KeyboardInterrupt path cleans up (on a loaded machine the hard exit
+        # may still end the interpreter's shutdown after it: 143)
+        assert proc.returncode in (130, 143) and "interrupted: nothing half-written" in err, err[-2000:]
     else:
         assert proc.returncode == 128 + signal.SIGTERM and "SIGTERM: stopped inside a long computation" in err
         assert GRACE_S <= took < GRACE_S + 5

@@ -192,7 +192,7 @@ def test_verify_rebuild_merged_fisher_eval_then_tampered(reg, pair):
 def test_verify_rebuild_id_changed_and_bad_input(reg, pair, monkeypatch):
     u, s = pair
     (merged,) = sst_merge(reg, SSTConfig(u.id, s.id, k=3, w=0.5, **FAST))
-    monkeypatch.setattr(sst, "CODE", sst.CODE[:-1])  # as if the code had changed: another id
+    monkeypatch.setattr(sst, "code_fingerprint", lambda module: "changed")  # as if the code had changed: another id
     res = CliRunner().invoke(app, ["verify", "--rebuild", merged.short])
     assert res.exit_code == 1 and "not the stored" in res.output and "not compared" in res.output
     assert len(reg.list("merged")) == 1  # nothing was built

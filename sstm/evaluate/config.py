@@ -22,9 +22,9 @@ class EvalConfig:
     model: str | Artifact  # artifact id/prefix (base, adapter, merged) or a PEFT adapter directory
     suites: tuple[str, ...] = DEFAULT_SUITES
     samples: int | None = None  # rows per suite (None: the whole held-out split)
-    batch_size: int = 16
+    batch_size: int = 32  # rows decoded together (bench/bench_generate.py: 32 at least as fast as 64, less memory)
     max_new_tokens: int = 128
-    judge: str = DEFAULT_JUDGE  # built-in judge name (gcg, gcg-extended) or a file of refusal phrases
+    judge: str = DEFAULT_JUDGE  # built-in judge name (judge.BUILTIN), hf:MODEL or a file of refusal phrases
     max_context_tokens: int | None = 1024  # budget for repliqa documents and default jailbreak templates
     # suite -> a file, a `dataset` artifact or its id (entries of suites not evaluated are ignored)
     data: dict[str, str | Artifact] = field(default_factory=dict)

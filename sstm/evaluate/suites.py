@@ -245,9 +245,9 @@ def _refusal_suite(name: str, model, tok, rows, s: Settings, advance: Advance):
 
     gens = generate(model, tok, [user_message(r) for _, r in rows], batch_size=s.batch_size,
                     max_new_tokens=s.max_new_tokens, advance=advance)
+    verdicts = s.judge.verdicts([r["prompt"] for _, r in rows], [g.text for g in gens])
     samples = []
-    for (i, r), g in zip(rows, gens):
-        refused = s.judge.refused(g.text)
+    for (i, r), g, refused in zip(rows, gens, verdicts):
         samples.append({"id": i, "prompt": r["prompt"], "response": g.text, "reference": r.get("response") or None,
                         "score": float(refused), "refused": refused, "new_tokens": g.n_tokens})
     metrics = {f"{name}.refusal_rate": fmean(x["score"] for x in samples)}

@@ -311,7 +311,7 @@ def eval_cmd(
     ref: str = typer.Argument(..., metavar="ID|PATH", help="Artifact id/prefix (base, adapter, merged) or a PEFT adapter directory."),
     suite: Optional[str] = typer.Option(None, "--suite", help=f"Comma-separated suites: {', '.join(SUITES)} (default: {','.join(_EVAL['suites'])})."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Rows per suite (default: the whole held-out split)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Prompts generated together, left-padded (default: {_EVAL['batch_size']})."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Prompts decoded together; a finished row's slot goes to the next prompt (default: {_EVAL['batch_size']})."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=f"Generation length limit (default: {_EVAL['max_new_tokens']})."),
     judge: Optional[str] = typer.Option(None, "--judge", help="Refusal judge: 'opening-v1' (refusal phrases in the first 160 characters; precision/recall measured in docs/method.md §9), 'gcg' (the reference GCG/AdvBench list, anywhere), 'gcg-extended' (GCG + contracted refusals), 'hf:MODEL' (a model asked yes/no; local dir or Hub id) or a file of phrases, one per line "
                                        f"(default: {_EVAL['judge']})."),
@@ -320,6 +320,8 @@ def eval_cmd(
     role: Optional[str] = typer.Option(None, "--role", help="Role recorded for a PEFT directory: utility or safety."),
     device: Optional[str] = typer.Option(None, "--device", help=f"cpu, cuda, cuda:N or auto (default: {_EVAL['device']})."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help=f"float32, bfloat16 or float16 (default: {_EVAL['dtype']})."),
+    fold_lora: Optional[bool] = typer.Option(None, "--fold-lora/--no-fold-lora", help="Fold the LoRA into the weights "
+                                             f"before generating (same greedy texts, ~5 % faster; recorded in the eval's params; default: {_EVAL['fold_lora']})."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
     **data_files: Optional[Path],
 ) -> None:
@@ -328,7 +330,7 @@ def eval_cmd(
     given = {"suites": tuple(_csv_list(suite, str, "--suite")) if suite else None, "samples": samples,
              "batch_size": batch_size, "max_new_tokens": max_new_tokens, "judge": judge,
              "max_context_tokens": max_context_tokens, "base_model": model, "role": role, "device": device,
-             "dtype": dtype}
+             "dtype": dtype, "fold_lora": fold_lora}
     files = {name: str(f) for name in SUITES if (f := data_files[f"data_{name}"]) is not None}
     cfg = EvalConfig(model=ref, data=files, **{k: v for k, v in given.items() if v is not None})
     for name in files:

@@ -205,12 +205,24 @@ def _module_file(name: str, root: Path) -> Path | None:
     return None
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` / ``if typing.TYPE_CHECKING:`` (imports for annotations only)."""
+    test = getattr(node, "test", None) if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def _imports(name: str, path: Path, package: str) -> tuple[set[str], set[str]]:
     """(dotted names `name` imports from `package`, which may be modules or their attributes;
     top-level names of the other packages it imports)."""
     here = name if path.name == "__init__.py" else name.rpartition(".")[0]
     internal, external = set(), set()
-    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking(block)
+                   for stmt in block.body for n in ast.walk(stmt)}  # never run: not a dependency
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 # Tokens of --max-len kept for the chat markup, the request and the refusal; a jailbreak
 # template of the embedded safety data may use the rest (max_template_tokens = max_len - this).
 RESERVED_TOKENS = 128
-HELPFUL_SET = "benign-train-v1"
+HELPFUL_SET = "benign-train-v2"
 HELPFUL_NEW_TOKENS = 128
 
 

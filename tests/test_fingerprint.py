@@ -65,7 +65,10 @@ PACKAGE = {
     "sub/stage.py": """
         from __future__ import annotations
         import os.path
+        from typing import TYPE_CHECKING
         from .. import plain
+        if TYPE_CHECKING:  # annotations only: never imported at run time, so not part of the id
+            from sstm import unused
         def build():
             from ..maths import go  # a function-level, relative import of an attribute
             import sstm.other as o

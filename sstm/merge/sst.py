@@ -64,16 +64,16 @@ class SSTConfig:
     # defaults from the sweeps on the embedded SmolLM2 (README "Results", docs/method.md): k = r²/2 of r = 16
     k: int | list[int] = 128  # requested; cut to a gap of each module's spectrum (separated_k)
     w: float | list[float] = 0.75
-    samples: int = 128  # Fisher samples per role (256 was no better in the sweeps, docs/method.md §7)
+    samples: int = FisherConfig.samples  # Fisher rows per role; the Fisher settings default to FisherConfig's
     damping: float = 1e-3
     layer_weights: str | dict | None = None  # JSON/YAML file or mapping over DEFAULT_LAYER_WEIGHTS
-    batch_size: int = 8
-    max_len: int = 512
+    batch_size: int = FisherConfig.batch_size
+    max_len: int = FisherConfig.max_len
     utility_data: str | None = None  # default: each adapter's training data
     safety_data: str | None = None
     seed: int = 0
     device: str | None = None
-    dtype: str = "float32"
+    dtype: str = FisherConfig.dtype
 
     def __post_init__(self) -> None:
         ks = [self.k] if isinstance(self.k, numbers.Integral) else list(self.k)

@@ -13,6 +13,7 @@ import inspect
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -652,8 +653,18 @@ def _exit_after_grace(grace_s: float = GRACE_S) -> None:
     threading.Thread(target=watch, name="sstm-exit-after-grace", daemon=True).start()
 
 
+def _unraisable(args) -> None:
+    """A KeyboardInterrupt raised by a signal while a destructor (``__del__``) runs cannot propagate;
+    Python would print it as "Exception ignored ... Traceback". Stay quiet: the grace watcher ends the
+    process with its one-line message. Anything else goes to Python's default hook."""
+    if args.exc_type is not None and issubclass(args.exc_type, KeyboardInterrupt):
+        return
+    sys.__unraisablehook__(args)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    sys.unraisablehook = _unraisable
     _exit_after_grace()
     quiet_libraries()
     app()

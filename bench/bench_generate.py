@@ -1,27 +1,32 @@
-"""Eval generation throughput on SmolLM2-135M: today's path, slot decoding, LoRA folding, batch sizes.
+"""Eval generation throughput on SmolLM2-135M: slot decoding, shared prefixes, the refusal budget, slots.
 
 Same prompts, same process, modes alternated in each repetition (so machine load hits all
-alike): a mix of the eval suites' prompts (jailbreak eval rows direct and wrapped in
-templates of at most --max-context-tokens, RepliQA-style document questions, short
-questions), generated greedily by the model with a seeded random LoRA of the project's
-training shape (rank 16, alpha 32, attention + MLP + lm_head) -- what eval runs for an
-adapter or a merge:
+alike): a mix of the eval suites' prompts in two calls, as eval makes them -- refusal-suite
+prompts (jailbreak eval rows direct and wrapped in templates of at most --max-context-tokens,
+short questions) at the refusal suites' budget (``Suite.new_tokens``: min(--max-new-tokens,
+``JUDGED_TOKENS``)), and RepliQA-style document questions (five per document) at
+--max-new-tokens -- generated greedily by the model with a seeded random LoRA of the project's
+training shape (rank 16, alpha 32, attention + MLP + lm_head) folded into the weights
+(``sstm.evaluate.stage.fold_lora``), what eval runs for an adapter or a merge:
 
-  one at a time        today's path (per-prompt prefill, ``model.generate``), batch 1, PEFT model
-  current (B)          today's path, fixed batches of B: finished rows step on until the batch's
-                       longest is done, DynamicCache appends by concatenation
-  slots (B)            ``sstm.generate``: rows leave their slot when done, the next prompt takes it,
-                       cache columns written in place; PEFT model (LoRA unmerged)
-  slots (B), folded    the same with the LoRA folded into the weights (``sstm.evaluate.stage.fold_lora``)
+  one at a time              the pre-slot path (per-prompt prefill, ``model.generate``), batch 1,
+                             PEFT model (LoRA unmerged), on every --reference-every-th prompt
+  slots (B)                  ``sstm.generate`` without shared prefixes: rows leave their slot when
+                             done, the next prompt takes it, every prompt prefilled whole
+  slots (B), shared prefix   ``sstm.generate``: a prompt reuses the keys/values of the start it
+                             shares with the previous prompt (chat header, document)
+  before: slots (B), ...     the eval path before the refusal budget: slots, no shared prefix,
+                             every prompt at --max-new-tokens (rows/s only: other texts)
 
 Throughput = generated tokens (each row's end-of-turn token included) / seconds, wall and
-process CPU time; for the slot modes also the CPU time of the per-prompt prefill, and the
-decoding throughput without it. Every mode's texts are compared with the one-at-a-time texts. The
-machine's ceiling: plain ``torch.nn.functional.linear`` on the model's decode shapes
-((B x hidden) times each projection and the lm_head), timed alone, gives the tokens/s a
-decode step made only of these matmuls would reach at batch B.
+process CPU time, and eval rows / second; for the slot modes also the CPU time of the per-prompt
+prefill, and the decoding throughput without it. Every mode's texts (but the `before` one's) are
+compared with the one-at-a-time texts. The machine's ceiling: plain
+``torch.nn.functional.linear`` on the model's decode shapes ((B x hidden) times each projection
+and the lm_head), timed alone, gives the tokens/s a decode step made only of these matmuls would
+reach at batch B.
 
-    .venv/bin/python bench/bench_generate.py [--prompts 64] [--max-new-tokens 64] [--reps 2]
+    .venv/bin/python bench/bench_generate.py [--prompts 48] [--max-new-tokens 64] [--reps 1] [--threads 1]
 
 Prints a table and writes bench/results/generate.json. Uses $SSTM_HOME, or bench/.home, as
 registry home (the SmolLM2 conversion is cached there).
@@ -47,8 +52,10 @@ sys.path.insert(0, str(ROOT))
 from _common import write_result  # noqa: E402
 
 from sstm.chat import user_message  # noqa: E402
-from sstm.generate import _batches, _generation, encode_prompts, eos_ids, generate, left_pad, pad_id  # noqa: E402
 from sstm.evaluate.stage import fold_lora  # noqa: E402
+from sstm.evaluate.suites import SUITES  # noqa: E402
+from sstm.generate import (_batches, _generation, _Prefill, encode_prompts, eos_ids, generate, left_pad,  # noqa: E402
+                           pad_id)
 from sstm.models import load_base, pick_device, resolve_base  # noqa: E402
 from sstm.registry import Registry  # noqa: E402
 
@@ -64,8 +71,9 @@ QUESTIONS = [
 ]
 
 
-def prompts(n: int, tok, max_context_tokens: int) -> list[str]:
-    """n prompts: 1/2 jailbreak eval rows (direct and wrapped), 3/8 document questions, 1/8 short questions."""
+def prompts(n: int, tok, max_context_tokens: int) -> tuple[list[str], list[str]]:
+    """n prompts: (refusal-suite prompts: 1/2 jailbreak eval rows direct and wrapped, 1/8 short questions;
+    3/8 document questions, the eval split's five per document)."""
     from sstm.data.safety import generate_rows as safety_rows
     from sstm.data.utility import generate_rows as utility_rows
 
@@ -73,8 +81,8 @@ def prompts(n: int, tok, max_context_tokens: int) -> list[str]:
     n_short = n - n_safety - n_docs
     safety = [r["prompt"] for r in safety_rows("eval", n_safety, seed=0, max_template_tokens=max_context_tokens,
                                                tokenizer=tok)]
-    docs = [user_message(r) for r in utility_rows("eval", n_docs, seed=0)]
-    return safety + docs + [QUESTIONS[i % len(QUESTIONS)] for i in range(n_short)]
+    docs = [user_message(r, tok, max_context_tokens) for r in utility_rows("eval", n_docs, seed=0)]
+    return safety + [QUESTIONS[i % len(QUESTIONS)] for i in range(n_short)], docs
 
 
 # --------------------------------------------------------------------------- today's path, frozen for comparison
@@ -152,18 +160,16 @@ def linear_ceiling(config, batch: int, reps: int = 5) -> dict:
 
 def time_prefill() -> list[float]:
     """Make `sstm.generate`'s per-prompt prefill add its CPU seconds to the returned cell."""
-    import sstm.generate as sg
+    spent, call = [0.0], _Prefill.__call__
 
-    spent, prefill_kv = [0.0], sg._prefill_kv
-
-    def timed(*args, **kwargs):
+    def timed(self, prompt):
         c0 = time.process_time()
         try:
-            return prefill_kv(*args, **kwargs)
+            return call(self, prompt)
         finally:
             spent[0] += time.process_time() - c0
 
-    sg._prefill_kv = timed
+    _Prefill.__call__ = timed
     return spent
 
 
@@ -172,12 +178,13 @@ def time_prefill() -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=int, default=64)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--max-context-tokens", type=int, default=1024, help="longest jailbreak template (tokens)")
-    ap.add_argument("--batch-sizes", default="16,32,64", help="slot batch sizes measured with the folded model")
-    ap.add_argument("--current-batch-size", type=int, default=16, help="batch size of today's path")
-    ap.add_argument("--reps", type=int, default=2, help="repetitions; modes alternate within each")
+    ap.add_argument("--prompts", type=int, default=48)
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="budget of the document questions")
+    ap.add_argument("--max-context-tokens", type=int, default=512, help="longest jailbreak template and document")
+    ap.add_argument("--batch-sizes", default="32,64", help="slot batch sizes measured with shared prefixes")
+    ap.add_argument("--reference-every", type=int, default=4,
+                    help="one at a time runs every n-th prompt of each call (its tokens/s is the reference)")
+    ap.add_argument("--reps", type=int, default=1, help="repetitions; modes alternate within each")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice; use 1 on a CPU shared with other jobs)")
@@ -193,77 +200,103 @@ def main() -> None:
     peft, tok = load_base(base, device=device)
     peft = with_random_lora(peft, seed=0)
     folded = fold_lora(with_random_lora(load_base(base, device=device)[0], seed=0))
-    msgs = prompts(args.prompts, tok, args.max_context_tokens)
-    lengths = [len(p) for p in encode_prompts(tok, msgs)]
+    refusal, docs = prompts(args.prompts, tok, args.max_context_tokens)
+    lengths = [len(p) for p in encode_prompts(tok, refusal + docs)]
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     new = args.max_new_tokens
+    budgets = {"refusal": SUITES["jailbreak"].new_tokens(new), "document": new}  # as eval gives them
+    calls = {"refusal": refusal, "document": docs}
+    first = min(sizes)
 
-    modes = {"one at a time": lambda: [current_generate(peft, tok, [m], batch_size=1, max_new_tokens=new)[0]
-                                       for m in msgs],
-             f"current ({args.current_batch_size})": lambda: current_generate(
-                 peft, tok, msgs, batch_size=args.current_batch_size, max_new_tokens=new),
-             f"slots ({args.current_batch_size})": lambda: generate(
-                 peft, tok, msgs, batch_size=args.current_batch_size, max_new_tokens=new)}
+    def slots(b: int, share: bool, budget=budgets):
+        return lambda kind: generate(folded, tok, calls[kind], batch_size=b, max_new_tokens=budget[kind],
+                                     share_prefix=share)
+
+    every = args.reference_every
+    modes = {"one at a time": lambda kind: [
+        current_generate(peft, tok, [m], batch_size=1, max_new_tokens=budgets[kind])[0] for m in calls[kind][::every]],
+             f"before: slots ({first}), {new} new tokens everywhere": slots(first, False, dict.fromkeys(calls, new)),
+             f"slots ({first})": slots(first, False)}
     for b in sizes:
-        modes[f"slots ({b}), folded"] = lambda b=b: generate(folded, tok, msgs, batch_size=b, max_new_tokens=new)
+        modes[f"slots ({b}), shared prefix"] = slots(b, True)
 
-    generate(peft, tok, msgs[:2], batch_size=2, max_new_tokens=4)  # warm-up (allocations, kernels)
-    generate(folded, tok, msgs[:2], batch_size=2, max_new_tokens=4)
+    generate(peft, tok, refusal[:2], batch_size=2, max_new_tokens=4)  # warm-up (allocations, kernels)
+    generate(folded, tok, refusal[:2], batch_size=2, max_new_tokens=4)
     load = [os.getloadavg()[0]]
-    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in modes}
+    runs: dict[str, list[tuple[float, float, float, dict]]] = {name: [] for name in modes}
     texts: dict[str, list] = {}
     prefill = time_prefill()
     for rep in range(args.reps):
         for name, fn in modes.items():
             t0, c0 = time.perf_counter(), time.process_time()
             prefill[0] = 0.0
-            texts[name] = fn()
-            runs[name].append((time.perf_counter() - t0, time.process_time() - c0, prefill[0]))
+            texts[name], per_kind = [], {}
+            for kind in calls:
+                k0 = time.process_time()
+                texts[name] += fn(kind)
+                per_kind[kind] = time.process_time() - k0
+            runs[name].append((time.perf_counter() - t0, time.process_time() - c0, prefill[0], per_kind))
             load.append(os.getloadavg()[0])
             print(f"rep {rep + 1}/{args.reps} {name}: {runs[name][-1][0]:.1f} s", flush=True)
     ceilings = {b: linear_ceiling(peft.get_base_model().config, b) for b in sorted({1, *sizes})}
 
-    ref = texts["one at a time"]
+    ref = texts["one at a time"]  # the prompts of each call at positions 0, every, 2 * every, ...
+    shown = [i for kind in calls for i in range(len(calls[kind]))]
+    picked = [j for j, i in enumerate(shown) if i % every == 0]
     ref_tps = None
     result_modes = {}
     for name, reps in runs.items():
         tokens = sum(g.n_tokens for g in texts[name])
-        wall = statistics.median(w for w, _, _ in reps)
-        cpu = statistics.median(c for _, c, _ in reps)
-        pre = statistics.median(p for _, _, p in reps)
+        wall = statistics.median(w for w, _, _, _ in reps)
+        cpu = statistics.median(c for _, c, _, _ in reps)
+        pre = statistics.median(p for _, _, p, _ in reps)
         r = {"generated_tokens": tokens, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
              "tokens_per_s": round(tokens / wall, 1), "tokens_per_cpu_s": round(tokens / cpu, 1),
-             "seconds_per_rep": [round(w, 2) for w, _, _ in reps],
+             "rows_per_s": round(len(texts[name]) / wall, 3), "rows_per_cpu_s": round(len(texts[name]) / cpu, 3),
+             "cpu_seconds_per_row": {
+                 kind: round(statistics.median(k[kind] for *_, k in reps)
+                             / len(calls[kind][::every] if name == "one at a time" else calls[kind]), 3)
+                 for kind in calls},
+             "seconds_per_rep": [round(w, 2) for w, _, _, _ in reps],
              "prefill_cpu_seconds": round(pre, 2) if pre else None,
              "decode_tokens_per_cpu_s": round(tokens / (cpu - pre), 1) if pre else None,
-             "identical_to_one_at_a_time": sum(a.text == b.text for a, b in zip(texts[name], ref))}
+             "identical_to_one_at_a_time": None if name.startswith("before") else
+             sum(a.text == b.text for a, b in zip(texts[name] if name == "one at a time" else
+                                                  [texts[name][j] for j in picked], ref))}
         if ref_tps is None:
-            ref_tps = (r["tokens_per_s"], r["tokens_per_cpu_s"])
+            ref_tps = (r["tokens_per_s"], r["tokens_per_cpu_s"], r["rows_per_cpu_s"])
         r["speedup"] = round(r["tokens_per_s"] / ref_tps[0], 2)
         r["speedup_cpu"] = round(r["tokens_per_cpu_s"] / ref_tps[1], 2)
+        r["rows_speedup_cpu"] = round(r["rows_per_cpu_s"] / ref_tps[2], 2)
         result_modes[name] = r
     result = {
-        "model": "SmolLM2-135M-Instruct + random LoRA r16 (attention, MLP, lm_head)", "base_id": base.id,
-        "device": device, "dtype": "float32", "torch_threads": torch.get_num_threads(),
+        "model": "SmolLM2-135M-Instruct + random LoRA r16 (attention, MLP, lm_head), folded but one at a time",
+        "base_id": base.id, "device": device, "dtype": "float32", "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "prompts": len(msgs), "prompt_tokens_min": min(lengths), "prompt_tokens_median": int(statistics.median(lengths)),
-        "prompt_tokens_max": max(lengths), "max_new_tokens": new, "reps": args.reps,
+        "prompts": {kind: len(m) for kind, m in calls.items()}, "reference_every": every, "max_new_tokens": budgets,
+        "prompt_tokens_min": min(lengths), "prompt_tokens_median": int(statistics.median(lengths)),
+        "prompt_tokens_max": max(lengths), "reps": args.reps,
         "load_average_1m": {"min": round(min(load), 2), "max": round(max(load), 2)},
         "modes": result_modes,
         "linear_ceiling": list(ceilings.values()),
         "target": {"speedup": 4.0, "tokens_per_s": 200},
     }
 
-    table = Table(title=f"greedy generation, SmolLM2-135M + LoRA, {len(msgs)} prompts ({min(lengths)}-{max(lengths)} "
-                        f"tokens, median {result['prompt_tokens_median']}), max {new} new, {device}, "
-                        f"{torch.get_num_threads()} threads, median of {args.reps}")
-    for c in ("mode", "seconds", "tokens", "tokens/s", "x one-at-a-time", "tokens/cpu-s", "x (cpu)", "identical"):
+    table = Table(title=f"greedy generation, SmolLM2-135M + LoRA, {len(refusal)} refusal-suite prompts at "
+                        f"{budgets['refusal']} new tokens + {len(docs)} document questions at {new} "
+                        f"({min(lengths)}-{max(lengths)} prompt tokens, median {result['prompt_tokens_median']}), "
+                        f"{device}, {torch.get_num_threads()} threads, median of {args.reps}")
+    for c in ("mode", "seconds", "tokens", "tokens/s", "x one-at-a-time", "tokens/cpu-s", "x (cpu)",
+              "rows/cpu-s", "x (rows, cpu)", "cpu-s/row refusal", "cpu-s/row document", "identical"):
         table.add_column(c, justify="left" if c == "mode" else "right")
     for name, r in result_modes.items():
+        same = r["identical_to_one_at_a_time"]
         table.add_row(name, f"{r['seconds']:.1f}", str(r["generated_tokens"]), f"{r['tokens_per_s']:.1f}",
                       f"{r['speedup']:.2f}", f"{r['tokens_per_cpu_s']:.1f}", f"{r['speedup_cpu']:.2f}",
-                      f"{r['identical_to_one_at_a_time']}/{len(msgs)}")
-    console = Console()
+                      f"{r['rows_per_cpu_s']:.3f}", f"{r['rows_speedup_cpu']:.2f}",
+                      f"{r['cpu_seconds_per_row']['refusal']:.2f}", f"{r['cpu_seconds_per_row']['document']:.2f}",
+                      "-" if same is None else f"{same}/{len(ref)}")
+    console = Console(width=220)
     console.print(table)
     console.print("matmul-only ceiling (F.linear on the model's decode shapes): " + ", ".join(
         f"batch {c['batch']}: {c['tokens_per_s']:.0f} tokens/s ({c['gflop_per_s']:.0f} GFLOP/s)"

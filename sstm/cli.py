@@ -279,6 +279,49 @@ def compare_cmd(
         console.print(f"no evaluations{filtered} in {reg.home} (run `sstm eval MODEL_ID` first)")
 
 
+# --------------------------------------------------------------------------- use the result: export
+
+
+@command(name="export", rich_help_panel="Use the result")
+def export_cmd(
+    ref: str = typer.Argument(..., metavar="ID", help="Adapter or merged artifact id (prefix)."),
+    out_dir: Path = typer.Argument(..., metavar="DIR", help="Directory to write (created; must be empty unless --force)."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="Merges stored dense: export a LoRA of this rank (best "
+                                       "rank-R approximation of each ΔW; its relative error is recorded)."),
+    full_model: bool = typer.Option(False, "--full-model", help="A transformers model directory (base weights with "
+                                    "ΔW folded in, tokenizer) instead of a PEFT adapter."),
+    force: bool = typer.Option(False, "--force", help="Replace the contents of a non-empty DIR."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """Write an adapter or merge as a PEFT adapter directory (or --full-model) with a Hugging Face model card
+    (README.md: base model, method and parameters, inputs, eval results with intervals) and lineage.json."""
+    from sstm.export import ExportConfig, export
+
+    done = export(registry(), ExportConfig(ref, out_dir, rank, full_model, force))
+    if as_json:
+        out.print_json(data=done.to_json())
+        return
+    error = "" if done.rel_error is None else f", relative error {done.rel_error:.3g}"
+    out.print(f"exported {done.artifact.kind} {done.artifact.short} {done.artifact.label} as {done.format}"
+              f"{'' if done.rank is None else f' rank {done.rank}'}{error} to {done.out}: {', '.join(done.files)}")
+
+
+@command(name="report", rich_help_panel="Use the result")
+def report_cmd(
+    out_file: Path = typer.Argument(..., metavar="OUT.html", help="The page to write."),
+    where: Optional[list[str]] = typer.Option(None, "--where", help="Filter key=value, as `sstm compare --where`."),
+    base: Optional[str] = typer.Option(None, "--base", help="Only models on this base model (id or prefix)."),
+    mixed: bool = typer.Option(False, "--mixed", help="Allow evals of different data, n or judge in one table."),
+    prompts: int = typer.Option(2, "--prompts", help="Prompts per suite shown side by side."),
+) -> None:
+    """One self-contained HTML page from the registry: the comparison with intervals, the Pareto plot, per-layer
+    SST-Merge diagnostics and a few prompts with every model's response and verdict."""
+    from sstm.report import ReportConfig, report
+
+    path = report(registry(), out_file, ReportConfig(tuple(where or ()), base, mixed, prompts))
+    out.print(f"report written to {path}")
+
+
 # --------------------------------------------------------------------------- eval
 
 _EVAL = {f.name: f.default for f in dataclasses.fields(EvalConfig)}  # the defaults `sstm eval` falls back to
@@ -365,13 +408,16 @@ def _csv_list(text: str, cast, flag: str) -> list:
 
 
 def _print_merged(arts: list) -> None:
-    table = Table("id", "method", "k", "w", "params", "norm kept")
+    from sstm.merge.layer_weights import policy_name
+
+    table = Table("id", "method", "k", "w", "ℓ", "params", "format", "strength", "norm kept")
     for a in arts:
-        p = a.params
+        p, m = a.params, a.metrics
         extra = ", ".join(f"{k}={p[k]}" for k in ("density", "seed", "samples") if k in p)
-        kept = a.metrics.get("norm_kept_mean")
-        table.add_row(a.short, p["method"], str(p.get("k", "")), f"{p['w']:g}", extra,
-                      "" if kept is None else f"{kept:.3f}")
+        kept, strength = m.get("norm_kept_mean"), m.get("strength_median")
+        table.add_row(a.short, p["method"], str(p.get("k", "")), f"{p['w']:g}",
+                      policy_name(p["layer_weights"]) if "layer_weights" in p else "", extra, p.get("format", ""),
+                      "" if strength is None else f"{strength:.2f}", "" if kept is None else f"{kept:.3f}")
     out.print(table)
     for a in arts:
         m = a.metrics
@@ -393,6 +439,8 @@ def fisher_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Which rows are drawn when the dataset is larger than --samples."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: auto)."),
     dtype: Optional[str] = typer.Option(None, "--dtype"),
+    structure: Optional[str] = typer.Option(None, "--structure", help="full (r²×r² per module, the default) or kfac "
+                                            "(two r×r Kronecker factors: O(r²) memory, docs/scale.md)."),
 ) -> None:
     """Empirical Fisher (r²×r² per module) of an adapter in the safety adapter's core coordinates.
 
@@ -401,7 +449,7 @@ def fisher_cmd(
     from sstm.fisher import FisherConfig, fisher
 
     given = {"basis": basis, "samples": samples, "batch_size": batch_size, "max_len": max_len, "data": data,
-             "seed": seed, "device": device, "dtype": dtype}
+             "seed": seed, "device": device, "dtype": dtype, "structure": structure}
     cfg = FisherConfig(adapter=adapter, role=role, **{k: v for k, v in given.items() if v is not None})
     art = fisher(registry(), cfg)
     out.print(f"{art.id}  {art.label}  samples_used={art.metrics.get('samples_used', 0):g}")
@@ -412,9 +460,10 @@ merge_app = typer.Typer(help="Merge a utility and a safety adapter into one LoRA
 app.add_typer(merge_app, name="merge")
 
 
-def _merge_command(method) -> None:
-    """`sstm merge NAME`: --utility/--safety/--w (+ --seed where the method draws rows or masks) and one
-    option per parameter the method declares (:mod:`sstm.merge.methods`); None falls back to its config."""
+def _method_command(target: typer.Typer, method, extra: list, act, sweep_w: bool = True) -> None:
+    """`sstm merge|calibrate NAME`: --utility/--safety[/--w] (+ --seed where the method draws rows or masks), one
+    option per parameter the method declares (:mod:`sstm.merge.methods`; None falls back to its config) and
+    the `extra` options (name, default, flag, help, annotation); `act(cfg, kw)` runs the method's config."""
     import inspect
 
     P = inspect.Parameter
@@ -423,28 +472,70 @@ def _merge_command(method) -> None:
         return P(name, P.KEYWORD_ONLY, default=typer.Option(default, flag, help=help), annotation=annotation)
 
     sig = [option("utility", ..., "--utility", "Utility adapter id.", str),
-           option("safety", ..., "--safety", "Safety adapter id.", str),
-           option("w", None, "--w", "Safety weight (>= 0); a comma list runs a sweep (default: the method's).",
-                  Optional[str])]
-    if method.stochastic or method.stage is not None:
+           option("safety", ..., "--safety", "Safety adapter id.", str)]
+    if sweep_w:
+        sig.append(option("w", None, "--w", "Safety weight (>= 0); a comma list runs a sweep (default: the method's).",
+                          Optional[str]))
+    if method.seeded:
         sig.append(option("seed", None, "--seed", "Seed of the random draws (rows or masks; an artifact param).",
                           Optional[int]))
     for p in method.params.values():
         annotation = str if p.sweep else p.type
         sig.append(option(p.name, p.default, p.flag, p.help, annotation if p.default is not None else Optional[annotation]))
+    sig += [option(*spec) for spec in extra]
 
     def run(**kw) -> None:
         params = {name: _csv_list(kw[name], p.type, p.flag) if p.sweep and kw[name] is not None else kw[name]
                   for name, p in method.params.items()}
-        w = _csv_list(kw["w"], float, "--w") if kw["w"] is not None else None
-        cfg = method.make_config(kw["utility"], kw["safety"], w=w, seed=kw.get("seed"), **params)
-        _print_merged(method.merge(registry(), cfg))
+        w = _csv_list(kw["w"], float, "--w") if kw.get("w") is not None else None
+        act(method.make_config(kw["utility"], kw["safety"], w=w, seed=kw.get("seed"), **params), kw)
 
     run.__signature__ = inspect.Signature(sig)
     run.__annotations__ = {p.name: p.annotation for p in sig}
     run.__doc__ = method.help
-    run.__name__ = f"merge_{method.name}"
-    command(merge_app, name=method.name)(run)
+    run.__name__ = method.name.replace("-", "_")
+    command(target, name=method.name)(run)
+
+
+def _merge_command(method) -> None:
+    """`sstm merge NAME`: one merge per point of the w (and k) sweep."""
+    _method_command(merge_app, method, [], lambda cfg, kw: _print_merged(method.merge(registry(), cfg)))
+
+
+calibrate_app = typer.Typer(help="Merge at matched strength: the smallest w whose jailbreak refusal on the calibration "
+                            "split reaches the target (bracket, then bisection), registered with its search path "
+                            "(docs/method.md §10). One command per merge method.", no_args_is_help=True,
+                            add_completion=False)
+app.add_typer(calibrate_app, name="calibrate")
+
+CALIBRATE_OPTIONS = [  # (name, default, flag, help, annotation); None: sstm.calibrate's / the eval stage's default
+    ("target", None, "--target", "Jailbreak refusal to reach on the calibration split (default 0.9).", Optional[float]),
+    ("w_start", None, "--w-start", "First w probed (default 1); doubled until the target is reached.", Optional[float]),
+    ("w_max", None, "--w-max", "Largest w probed (default 8): beyond it, 'not reached'.", Optional[float]),
+    ("max_evals", None, "--max-evals", "Probes (merge + jailbreak eval) at most (default 6).", Optional[int]),
+    ("calib_samples", None, "--calib-samples", "Calibration prompts per probe (default: all of safety/calib).",
+     Optional[int]),
+    ("max_new_tokens", None, "--max-new-tokens", "Tokens generated per prompt.", Optional[int]),
+    ("max_context_tokens", None, "--max-context-tokens", "Token budget of the jailbreak templates.", Optional[int]),
+    ("judge", None, "--judge", "Refusal judge (see `sstm eval --help`).", Optional[str]),
+]
+
+
+def _calibrate_command(method) -> None:
+    """`sstm calibrate NAME`: one calibrated merge per setting (per k for SST)."""
+
+    def act(cfg, kw) -> None:
+        from sstm.calibrate import CalibrateConfig, calibrate
+
+        evals = {"samples": kw["calib_samples"], "max_new_tokens": kw["max_new_tokens"], "judge": kw["judge"],
+                 "max_context_tokens": kw["max_context_tokens"]}
+        search = {k: kw[k] for k in ("target", "w_start", "w_max", "max_evals") if kw[k] is not None}
+        ccfg = CalibrateConfig(method.name, cfg, eval=EvalConfig(model="", **{k: v for k, v in evals.items()
+                                                                               if v is not None}), **search)
+        for cal in calibrate(registry(), ccfg):
+            out.print(f"{cal.artifact.short}  {cal.artifact.label}: {cal.search.describe()}")
+
+    _method_command(calibrate_app, method, CALIBRATE_OPTIONS, act, sweep_w=False)
 
 
 def _register_merge_commands() -> None:
@@ -452,6 +543,7 @@ def _register_merge_commands() -> None:
 
     for method in METHODS.values():
         _merge_command(method)
+        _calibrate_command(method)
 
 
 _register_merge_commands()
@@ -534,8 +626,9 @@ def data_show(
     width: int = typer.Option(300, "--width", help="Characters shown per field."),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON lines."),
 ) -> None:
-    """Show a dataset's source and its first rows."""
+    """Show a dataset's source, what its rows are (kinds, refusal styles, harms) and its first rows."""
     from sstm.data import load_rows
+    from sstm.data.safety import composition
 
     if head < 0:
         raise SSTMError(f"--head {head}: must be 0 or more")
@@ -547,6 +640,8 @@ def data_show(
         return
     out.print(f"[bold]dataset[/bold] {a.id}  {a.label}  {a.params.get('n')} rows")
     out.print("source    " + json.dumps(a.params.get("source"), sort_keys=True))
+    for name, counts in (composition(load_rows(a)) if a.label.startswith(("safety/", "benign/")) else {}).items():
+        out.print(f"{name:<9} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for i, r in enumerate(rows):
         out.print(f"[bold]-- row {i}[/bold]")
         for k, v in r.items():
@@ -573,17 +668,19 @@ def run_cmd(
     quick: bool = typer.Option(False, "--quick", help="The quick preset instead of the standard one (see above)."),
     model: Optional[str] = typer.Option(None, "--model", help="smollm2-135m (embedded, the default), a local model directory, a Hub id or a base artifact id."),
     k: Optional[str] = typer.Option(None, "--k", help="SST-Merge subspace size(s), comma-separated for a sweep; at most --fisher-samples."),
-    w: Optional[str] = typer.Option(None, "--w", help="Safety weight(s), comma-separated for a sweep, applied to every method."),
+    w: Optional[str] = typer.Option(None, "--w", help="Safety weight(s), comma-separated, applied to every method: curves instead of the default, each method at its calibrated w (see `sstm calibrate --help`)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs per adapter."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Training rows per adapter."),
     fisher_samples: Optional[int] = typer.Option(None, "--fisher-samples", help="Rows per Fisher (bounds its rank, so --k)."),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="Held-out rows per eval suite."),
     suite: Optional[str] = typer.Option(None, "--suite", help="Eval suites, comma-separated."),
-    baselines: Optional[str] = typer.Option(None, "--baselines", help="Per-module merge methods to compare against, comma-separated (see `sstm merge --help`; default ta,ties,dare)."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help="Merge methods to compare SST-Merge with, comma-separated (see `sstm merge --help`; default: the preset's)."),
     density: Optional[float] = typer.Option(None, "--density", help="Density of every method that has one (TIES, DARE)."),
     judge: Optional[str] = typer.Option(None, "--judge", help="Refusal judge (see `sstm eval --help`)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for training, sampling and DARE."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Run the whole pipeline once per seed (comma-separated, e.g. 0,1,2): adapters trained and merged per seed; each row shows the mean over seeds and below it the across-seed standard deviation."),
+    utility_data: Optional[str] = typer.Option(None, "--utility-data", metavar="DATA", help="Utility training data: a CSV/JSONL/parquet file, a dataset dir or Hub id (default: embedded)."),
+    safety_data: Optional[str] = typer.Option(None, "--safety-data", metavar="DATA", help="Safety training data: a CSV/JSONL/parquet file, a dataset dir or Hub id (default: embedded)."),
     skip_training: bool = typer.Option(False, "--skip-training", help="Use existing adapters instead of training."),
     utility_adapter: Optional[str] = typer.Option(None, "--utility-adapter", help="With --skip-training: PEFT directory or adapter id."),
     safety_adapter: Optional[str] = typer.Option(None, "--safety-adapter", help="With --skip-training: PEFT directory or adapter id."),
@@ -591,11 +688,15 @@ def run_cmd(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bf16 or fp16."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also write the safety-utility Pareto plot (PNG)."),
     as_json: bool = typer.Option(False, "--json", help="Print the final comparison as JSON."),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="A recipe: YAML with the keys of "
+                                          "--print-config (options given here override it)."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the effective recipe (every key, defaults "
+                                      "included) as YAML and exit without doing any work."),
 ) -> None:
     if plot_path is not None and (plot_path.suffix.lower() != ".png" or not plot_path.parent.is_dir()):
         raise SSTMError(f"--plot {plot_path}: expected a .png file name in an existing directory")
-    from sstm import plot, render
-    from sstm.pipeline import RunConfig, run
+    from sstm import plot, recipe, render
+    from sstm.pipeline import run
 
     given = {
         "model": model, "k": tuple(_csv_list(k, int, "--k")) if k else None,
@@ -604,12 +705,22 @@ def run_cmd(
         "suites": tuple(_csv_list(suite, str, "--suite")) if suite else None,
         "baselines": tuple(_csv_list(baselines, str, "--baselines")) if baselines else None, "density": density,
         "judge": judge, "seed": seed, "utility_adapter": utility_adapter, "safety_adapter": safety_adapter,
+        "utility_data": utility_data, "safety_data": safety_data,
         "device": device, "dtype": dtype, "seeds": tuple(_csv_list(seeds, int, "--seeds")) if seeds else None,
     }
     if seed is not None and seeds:
         raise SSTMError("--seed and --seeds: choose one")
-    cfg = RunConfig(quick=quick, skip_training=skip_training, **{k: v for k, v in given.items() if v is not None})
-    rows = run(registry(), cfg)
+    given |= {"quick": quick or None, "skip_training": skip_training or None,
+              "seeds": () if seed is not None else given["seeds"]}  # --seed: one seed, whatever a recipe says
+    cfg = recipe.config(config, {k: v for k, v in given.items() if v is not None})
+    if print_config:
+        typer.echo(recipe.dump(cfg), nl=False)
+        return
+    reg = registry()
+    rows = run(reg, cfg)
+    saved = recipe.record(reg.home, cfg, [m for r in rows for m in (r.members or [r.model_id])],
+                          [e.eval_id for r in rows for e in r.evals.values()])
+    console.print(f"recipe saved to {saved} (rerun: sstm run --config {saved})")
     if as_json:
         typer.echo(json.dumps(render.to_json(rows, CompareConfig()), indent=2))
     else:

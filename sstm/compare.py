@@ -37,6 +37,8 @@ from typing import Iterable, Sequence
 from sstm.errors import SSTMError
 from sstm.evaluate import record
 from sstm.evaluate.suites import SUITES, Metric, all_metrics
+from sstm.merge.methods import SST_BASES, SST_PROJECTORS
+from sstm.merge.layer_weights import policy_name
 from sstm.registry import Artifact, Registry
 from sstm.stats import N_BOOT, SEED, interval, paired_diff, pareto_front
 from sstm.ui import warn
@@ -45,7 +47,10 @@ PARETO_X, PARETO_Y = "rouge_l", "jailbreak"  # the plane of the plot
 PARETO = ("jailbreak", "rouge_l", "overrefusal")  # the front's objectives (directions: the suites' metrics)
 UTILITY, REFUSAL, OVERREFUSAL = "rouge_l", "jailbreak", "overrefusal"  # the matched-safety summary's metrics
 MATCH_REFERENCE = "ta"  # the method every matched point is compared with
-WHERE_KEYS = ("method", "kind", "role", "k", "w", "samples", "density", "seed", "model", "base", "label", "code")
+CALIBRATION = "calibration"  # the param of a calibrated merge (sstm.calibrate); its inputs add these roles:
+CALIBRATION_INPUTS = ("calibrated", "calibration_data")
+WHERE_KEYS = ("method", "kind", "role", "k", "w", "samples", "density", "seed", "layer_weights", "model", "base",
+              "label", "code")
 EVAL_KEYS = ("n", "judge")  # --where keys that select evals (n: rows scored; judge: name), not models
 
 
@@ -131,6 +136,8 @@ class Row:
     samples: int | None = None  # Fisher samples (SST)
     density: float | None = None
     seed: int | None = None
+    layer_weights: str | None = None  # merges: the policy of their ℓ, "default", "uniform" or "custom"
+    strength: float | None = None  # merges: median over modules of ‖ΔW − ΔW_u‖_F / ‖ΔW_s‖_F (docs/method.md §11)
     params: dict = field(default_factory=dict)  # the model artifact's params
     inputs: dict = field(default_factory=dict)  # the model artifact's inputs (role -> id)
     evals: dict[str, EvalRef] = field(default_factory=dict)  # suite -> eval used
@@ -146,9 +153,13 @@ class Row:
         return m.value if m is not None and m.status == "ok" else None
 
     def setting(self, w: bool = True) -> str:
-        """The method and its settings, e.g. "sst k=128 w=0.75" (without w: the sweep it belongs to)."""
-        items = (("k", self.k), ("w", self.w if w else None), ("d", self.density))
-        return " ".join([self.method] + [f"{key}={num(v)}" for key, v in items if v is not None])
+        """The method and its settings, e.g. "sst k=128 w=0.75" (without w: the sweep it belongs to);
+        layer weights other than the default policy as "ℓ=uniform" / "ℓ=custom"."""
+        ell = None if self.layer_weights in (None, "default") else self.layer_weights
+        items = (("k", self.k), ("w", self.w if w else None), ("d", self.density), ("ℓ", ell))
+        variant = [str(self.params[key]) for key, default in (("basis", SST_BASES[0]), ("projector", SST_PROJECTORS[0]))
+                   if self.params.get(key, default) != default]  # SST's controls (docs/method.md §10)
+        return " ".join([self.method, *variant] + [f"{key}={num(v)}" for key, v in items if v is not None])
 
 
 def num(v) -> str:
@@ -261,6 +272,8 @@ def _model_row(reg: Registry, model: Artifact) -> Row:
         samples=samples,
         density=p.get("density"),
         seed=p.get("seed") if model.kind == "merged" else None,
+        layer_weights=policy_name(p["layer_weights"]) if "layer_weights" in p else None,
+        strength=model.metrics.get("strength_median"),
         params=p,
         inputs=dict(model.inputs),
     )
@@ -473,21 +486,30 @@ def matched_safety(rows: Sequence[Row], cfg: CompareConfig) -> list[Matched]:
     """For every merge setting with a w (rows of the same method, parameters and inputs but w): the first
     point of its sweep, by increasing w, with jailbreak refusal >= cfg.target_refusal and over-refusal
     <= cfg.max_overrefusal -- the nearest sweep point at or above the target, not interpolated -- with
-    its ROUGE-L and the paired ROUGE-L difference to task arithmetic at its own matched point."""
+    its ROUGE-L and the paired ROUGE-L difference to task arithmetic at its own matched point. A setting
+    with a calibrated merge (sstm.calibrate: w chosen on the calibration split) is matched at that merge."""
     sweeps: dict[str, list[Row]] = {}
     for r in rows:
         if r.kind == "merged" and r.w is not None:
-            rest = {k: v for k, v in r.params.items() if k != "w"}
-            key = json.dumps([r.method != MATCH_REFERENCE, r.setting(w=False), rest, r.inputs], sort_keys=True,
+            rest = {k: v for k, v in r.params.items() if k not in ("w", CALIBRATION)}
+            inputs = {k: v for k, v in r.inputs.items() if k not in CALIBRATION_INPUTS}
+            key = json.dumps([r.method != MATCH_REFERENCE, r.setting(w=False), rest, inputs], sort_keys=True,
                              default=str)
             sweeps.setdefault(key, []).append(r)
     out, hits = [], []
     for key in sorted(sweeps):  # the reference's sweeps first
         sweep = sorted(sweeps[key], key=lambda r: r.w)
-        hit = next((r for r in sweep if (r.value(REFUSAL) or 0) >= cfg.target_refusal
-                    and r.value(OVERREFUSAL) is not None and r.value(OVERREFUSAL) <= cfg.max_overrefusal), None)
-        m = Matched(sweep[0].setting(w=False))
-        if hit is None:
+        calibrated = next((r for r in sweep if CALIBRATION in r.params), None)
+        if calibrated is not None:  # its w reaches the target on the calibration split; shown on the test split
+            hit = calibrated if calibrated.params[CALIBRATION]["reached"] else None
+            m = Matched(f"{sweep[0].setting(w=False)} calibrated")
+        else:
+            hit = next((r for r in sweep if (r.value(REFUSAL) or 0) >= cfg.target_refusal
+                        and r.value(OVERREFUSAL) is not None and r.value(OVERREFUSAL) <= cfg.max_overrefusal), None)
+            m = Matched(sweep[0].setting(w=False))
+        if hit is None and calibrated is not None:
+            m.note = f"calibration: target not reached at w <= {calibrated.w:g}"
+        elif hit is None:
             m.note = ("no over-refusal eval" if all(r.value(OVERREFUSAL) is None for r in sweep)
                       else "no setting reaches the target")
         else:

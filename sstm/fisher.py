@@ -21,21 +21,27 @@ The empirical Fisher is
 F_u uses the utility adapter on utility data, F_s the safety adapter on safety
 data; both use the SAFETY adapter's bases, so a utility Fisher's identity
 includes the safety adapter (its ``basis`` input).
+
+``structure="kfac"`` keeps two r×r factors per module instead, Σ_i G_i G_iᵀ and
+Σ_i G_iᵀ G_i (:mod:`sstm.merge.kfac`): O(r²) memory instead of O(r⁴).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 
+from sstm import distributed
 from sstm.data import load_rows, sample_indices
 from sstm.chat import collate, encode_rows
 from sstm.errors import SSTMError
 from sstm.adapters import LoraFactors, read_lora
-from sstm.models import base_of, dtype_name, load_with_adapter, pick_device
+from sstm.models import autocast, autocast_dtype, base_of, dtype_name, load_with_adapter, pick_device
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import progress, warn
 
@@ -58,16 +64,62 @@ class FisherConfig:
     seed: int = 0  # which rows are drawn when the dataset has more than `samples`
     device: str | None = None
     dtype: str = "float32"
+    structure: str = "full"  # or "kfac"; full is exact and cheap at r = 16 (docs/scale.md)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise SSTMError(f"--role {self.role}: expected utility or safety")
+        check_structure(self.structure)
         for name in ("samples", "batch_size", "max_len"):
             if getattr(self, name) < 1:
                 raise SSTMError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
 
 
 # --------------------------------------------------------------------------- math
+
+
+class Structure(NamedTuple):
+    """How a Fisher is kept per module: its state's shape for rank r and the update by one batch."""
+
+    shape: Callable[[int], tuple[int, ...]]
+    add: Callable[[torch.Tensor, torch.Tensor], None]  # add(S (modules, *shape), G (modules, b, r, r))
+
+
+def _add_full(S: torch.Tensor, G: torch.Tensor) -> None:
+    """S_m += Σ_i vec(G_i) vec(G_i)ᵀ (row-major vec)."""
+    V = G.flatten(2)
+    S.baddbmm_(V.transpose(1, 2), V)
+
+
+def _add_kfac(S: torch.Tensor, G: torch.Tensor) -> None:
+    """S_m += [Σ_i G_i G_iᵀ, Σ_i G_iᵀ G_i]: the Q_B- and Q_A-side factors (sstm.merge.kfac)."""
+    S[:, 0] += (G @ G.transpose(2, 3)).sum(1)
+    S[:, 1] += (G.transpose(2, 3) @ G).sum(1)
+
+
+STRUCTURES = {"full": Structure(lambda r: (r * r, r * r), _add_full),
+              "kfac": Structure(lambda r: (2, r, r), _add_kfac)}
+
+
+def check_structure(structure: str) -> str:
+    if structure not in STRUCTURES:
+        raise SSTMError(f"--structure {structure}: expected {' or '.join(STRUCTURES)}")
+    return structure
+
+
+def fisher_bytes(structure: str, r: int, modules: int, store_bytes: int = 4) -> int:
+    """Cost model of one Fisher pass: the float64 sums plus their stored copy (full: r⁴ floats per
+    module, kfac: 2r²), docs/scale.md."""
+    return modules * math.prod(STRUCTURES[structure].shape(r)) * (8 + store_bytes)
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory where the Fisher sums live: the GPU's, or the host's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil  # a dependency of accelerate
+
+    return psutil.virtual_memory().available
 
 
 def _orth(X: torch.Tensor) -> torch.Tensor:
@@ -124,17 +176,18 @@ class CoreFisherHooks:
     ``root`` is the transformers model whose submodules are named like the adapter's
     modules (``peft_model.base_model.model``); hooks are removed on exit. All
     modules share r (one safety adapter), so the outer products of a batch are one
-    batched float64 product over modules, S ∈ R^{modules×r²×r²}.
+    batched float64 product over modules, S ∈ R^{modules×r²×r²} (kfac: R^{modules×2×r×r}).
     """
 
-    def __init__(self, root: torch.nn.Module, bases: dict, device, dtype):
+    def __init__(self, root: torch.nn.Module, bases: dict, device, dtype, structure: str = "full"):
         self.root = root
         self.names = list(bases)
         self.Q = [(bases[m][0].to(device, dtype), bases[m][1].to(device, dtype)) for m in self.names]
-        r2 = self.Q[0][0].shape[1] ** 2
-        if any(QB.shape[1] ** 2 != r2 for QB, _ in self.Q):
+        self.r = self.Q[0][0].shape[1]
+        if any(QB.shape[1] != self.r for QB, _ in self.Q):
             raise SSTMError("the basis adapter has modules of different ranks")
-        self.S = torch.zeros(len(self.names), r2, r2, dtype=torch.float64, device=device)
+        self.structure = STRUCTURES[structure]
+        self.S = torch.zeros(len(self.names), *self.structure.shape(self.r), dtype=torch.float64, device=device)
         self._v: list = [None] * len(self.names)
         self._handles = []
 
@@ -152,10 +205,10 @@ class CoreFisherHooks:
         QB, QA = self.Q[i]
 
         def hook(module, inputs, output):
-            a_core = inputs[0].detach() @ QA  # (b, t, r): Q_Aᵀ a_{i,t}
+            a_core = (inputs[0].detach() @ QA).to(QA.dtype)  # (b, t, r): Q_Aᵀ a_{i,t} (autocast: back from bf16)
 
             def on_grad(g: torch.Tensor) -> None:
-                G = torch.bmm((g @ QB).transpose(1, 2), a_core)  # (b, r, r): Σ_t (Q_Bᵀ g)(Q_Aᵀ a)ᵀ
+                G = torch.bmm((g.to(QB.dtype) @ QB).transpose(1, 2), a_core)  # (b, r, r): Σ_t (Q_Bᵀ g)(Q_Aᵀ a)ᵀ
                 self._v[i] = G.reshape(G.shape[0], -1)  # row-major vec(G_i)
 
             if output.requires_grad:
@@ -164,11 +217,11 @@ class CoreFisherHooks:
         return hook
 
     def flush(self, batch_size: int) -> None:
-        """S_m += Σ_i vec(G_i) vec(G_i)ᵀ for the batch just back-propagated (zero for modules without gradient)."""
-        r2 = self.S.shape[1]
-        zero = torch.zeros(batch_size, r2, dtype=self.Q[0][0].dtype, device=self.S.device)
+        """S_m += Σ_i vec(G_i) vec(G_i)ᵀ (or the K-FAC factors) for the batch just back-propagated (zero for
+        modules without gradient)."""
+        zero = torch.zeros(batch_size, self.r * self.r, dtype=self.Q[0][0].dtype, device=self.S.device)
         V = torch.stack([zero if v is None else v for v in self._v]).to(torch.float64)
-        self.S.baddbmm_(V.transpose(1, 2), V)
+        self.structure.add(self.S, V.view(*V.shape[:2], self.r, self.r))
         self._v = [None] * len(self.names)
 
     def fishers(self) -> dict:
@@ -177,8 +230,9 @@ class CoreFisherHooks:
         return {m: S[i] for i, m in enumerate(self.names)}
 
 
-def accumulate_fisher(model, batches, bases: dict, advance=None) -> tuple[dict, int]:
-    """(Σ_i vec(G_i) vec(G_i)ᵀ per module, N) over `batches` (dicts of input_ids/attention_mask/labels).
+def accumulate_fisher(model, batches, bases: dict, advance=None, structure: str = "full") -> tuple[dict, int]:
+    """(Σ_i vec(G_i) vec(G_i)ᵀ per module, or the K-FAC factor sums, N) over `batches` (dicts of
+    input_ids/attention_mask/labels).
 
     One forward and one backward pass of Σ_i L_i per batch; parameters get no
     gradients (only the input embeddings require grad, so activation gradients flow).
@@ -191,7 +245,7 @@ def accumulate_fisher(model, batches, bases: dict, advance=None) -> tuple[dict, 
         p.requires_grad_(False)
     n = 0
     try:
-        with CoreFisherHooks(root, bases, param.device, param.dtype) as hooks, torch.enable_grad():
+        with CoreFisherHooks(root, bases, param.device, param.dtype, structure) as hooks, torch.enable_grad():
             for batch in batches:
                 batch = {k: v.to(param.device) for k, v in batch.items()}
                 emb = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
@@ -244,28 +298,41 @@ def fisher(reg: Registry, cfg: FisherConfig) -> Artifact:
     if n > len(rows):
         warn(f"dataset {data.short} has {len(rows)} rows; using all of them instead of {n}")
         n = len(rows)
+    device = pick_device(cfg.device)
     params = {"role": cfg.role, "samples": n, "batch_size": cfg.batch_size, "max_len": cfg.max_len,
-              "seed": cfg.seed, "dtype": dtype_name(cfg.dtype), "rank": f_basis.rank, "vec": "row-major"}
+              "seed": cfg.seed, "dtype": dtype_name(cfg.dtype), "rank": f_basis.rank, "vec": "row-major",
+              "structure": cfg.structure, "autocast": autocast_dtype(device, cfg.dtype)}
     inputs = {"base": base, "adapter": adapter, "basis": basis, "data": data}
 
     def build(out: Path) -> dict:
         picked = sample_indices(len(rows), n, cfg.seed)
-        model, tok = load_with_adapter(reg, adapter, pick_device(cfg.device), cfg.dtype)
+        need = fisher_bytes(cfg.structure, f_basis.rank, len(f_basis.modules), 8 if cfg.dtype == "float64" else 4)
+        free = available_bytes(torch.device(device))
+        if need > free:
+            hint = "; --structure kfac keeps 2r² instead of r⁴ floats per module" if cfg.structure == "full" else ""
+            warn(f"a {cfg.structure} Fisher of {len(f_basis.modules)} modules at r = {f_basis.rank} needs "
+                 f"~{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free (docs/scale.md){hint}")
+        model, tok = load_with_adapter(reg, adapter, device, cfg.dtype)
         examples, dropped = encode_rows(tok, [rows[i] for i in picked], cfg.max_len)
         if dropped:
             warn(f"{len(dropped)} of {n} rows have no response token within --max-len {cfg.max_len}; skipped")
         if not examples:
             raise SSTMError(f"no row of dataset {data.short} has a response token within --max-len {cfg.max_len}")
-        with progress(f"Fisher F_{cfg.role[0]}", total=len(examples), unit="samples") as advance:
-            S, N = accumulate_fisher(model, _batches(examples, cfg.batch_size, tok.pad_token_id),
-                                     core_bases(f_basis), advance)
+        batches = distributed.shard(list(_batches(examples, cfg.batch_size, tok.pad_token_id)))  # this rank's
+        with progress(f"Fisher F_{cfg.role[0]}", total=sum(len(b["input_ids"]) for b in batches),
+                      unit="samples") as advance, autocast(device, cfg.dtype):
+            S, N = accumulate_fisher(model, batches, core_bases(f_basis), advance, cfg.structure)
+        for s in S.values():  # the sums and the row count over all ranks
+            distributed.all_reduce_sum(s)
+        N = int(distributed.all_reduce_sum(torch.tensor(N)))
         store = torch.float64 if cfg.dtype == "float64" else torch.float32
         F = {m: (s / N).to(store).contiguous() for m, s in S.items()}
-        meta = {"n": str(N), "rank": str(f_basis.rank), "role": cfg.role, "vec": "row-major"}
+        meta = {"n": str(N), "rank": str(f_basis.rank), "role": cfg.role, "vec": "row-major",
+                "structure": cfg.structure}
         from safetensors.torch import save_file
 
         save_file(F, str(out / FILE), metadata=meta)
-        traces = {m: float(torch.trace(f)) for m, f in F.items()}
+        traces = {m: float(torch.trace(f if f.dim() == 2 else f[0])) for m, f in F.items()}  # kfac: tr F_B = tr F
         tokens = sum(sum(l != -100 for l in e["labels"][1:]) for e in examples)
         summary = {"samples_used": N, "response_tokens": tokens, "rows": [picked[e["row"]] for e in examples],
                    "skipped_rows": [picked[i] for i in dropped], "trace": traces}
@@ -273,11 +340,13 @@ def fisher(reg: Registry, cfg: FisherConfig) -> Artifact:
         return {"samples_used": N, "response_tokens": tokens, "trace_mean": sum(traces.values()) / len(traces)}
 
     label = f"F_{cfg.role} {adapter.short} basis {basis.short} n={n}"
-    return reg.get_or_build("fisher", params, inputs, code_fingerprint(__name__), build, label=label, seed=cfg.seed)
+    label += "" if cfg.structure == "full" else f" {cfg.structure}"
+    return distributed.get_or_build(reg, "fisher", params, inputs, code_fingerprint(__name__), build, label=label,
+                                    seed=cfg.seed)
 
 
 def load_fisher(art: Artifact) -> dict[str, torch.Tensor]:
-    """{module: F (r²×r²)} of a `fisher` artifact, as float64."""
+    """{module: F} of a `fisher` artifact, as float64: r²×r², or 2×r×r factors for structure kfac."""
     from safetensors.torch import load_file
 
     if art.kind != "fisher":

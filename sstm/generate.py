@@ -20,6 +20,14 @@ row uses any more) when they are 1/8 of it. Appending a token writes one column 
 the buffer instead of copying the whole cache (``DynamicLayer`` appends with
 ``torch.cat``).
 
+Shared prefixes. Attention is causal, so the keys and values of a prompt's first n tokens
+depend on those tokens alone: a prompt that starts with the same n tokens as the prompt
+prefilled before it takes their keys and values from it and runs only the rest (every
+prompt shares the chat template's header; questions on one document share the document).
+Prompts that share at least half of the longer one are decoded one after the other
+(groups in lexicographic token order, groups longest first), so the shared part is
+still there when the next one is prefilled.
+
 Other models get fixed batches left-padded to their longest prompt and
 ``model.generate``: ``generate`` computes position ids from the attention mask, so
 padding changes neither positions nor attention.
@@ -106,19 +114,61 @@ def _generation(tok, new: Sequence[int], eos: Sequence[int]) -> Generation:
 # --------------------------------------------------------------------------- decoding in slots
 
 
-def _prefill_kv(model, prompt: Sequence[int], device) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Per layer (keys, values) [1, heads, len-1, dim] of `prompt` minus its last token, run alone.
+def _shared(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix of two token sequences."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
-    None when the prompt has fewer than 2 tokens or the model's cache is not made of plain
+
+def _order(prompts: Sequence[Sequence[int]], share: bool) -> list[int]:
+    """Decoding order: longest first; with `share`, a prompt sharing at least half of the longer one's
+    tokens with its lexicographic predecessor joins that one's group, groups longest first."""
+    longest = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    if not share:
+        return longest
+    groups: list[list[int]] = []
+    for i in sorted(range(len(prompts)), key=lambda i: prompts[i]):
+        prev = prompts[groups[-1][-1]] if groups else ()
+        if groups and 2 * _shared(prev, prompts[i]) >= max(len(prev), len(prompts[i])):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    groups.sort(key=lambda g: -max(len(prompts[i]) for i in g))
+    return [i for g in groups for i in g]
+
+
+class _Prefill:
+    """Per layer (keys, values) [1, heads, len-1, dim] of a prompt minus its last token, run alone;
+    with `share`, the tokens it shares at its start with the previous prompt are taken from that one's.
+
+    Returns None when the prompt has fewer than 2 tokens or the model's cache is not made of plain
     full-attention `DynamicLayer`s (sliding windows etc. would not survive left padding).
     """
-    if len(prompt) < 2:
-        return None
-    out = model(input_ids=torch.tensor([list(prompt[:-1])], device=device), use_cache=True, logits_to_keep=1)
-    cache = getattr(out, "cache", None)
-    if not isinstance(cache, DynamicCache) or any(type(layer) is not DynamicLayer for layer in cache.layers):
-        return None
-    return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def __init__(self, model, device, share: bool):
+        self.model, self.device, self.share = model, device, share
+        self.ids: list[int] = []
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def __call__(self, prompt: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        if len(prompt) < 2:
+            return None
+        ids = list(prompt[:-1])
+        n = _shared(self.ids, ids) if self.share and self.kv is not None else 0
+        kv = [(k[:, :, :n], v[:, :, :n]) for k, v in self.kv] if n else None
+        if n < len(ids):
+            out = self.model(input_ids=torch.tensor([ids[n:]], device=self.device), use_cache=True,
+                             cache=DynamicCache(kv) if kv else None, logits_to_keep=1)
+            cache = getattr(out, "cache", None)
+            if not isinstance(cache, DynamicCache) or any(type(layer) is not DynamicLayer for layer in cache.layers):
+                return None
+            kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self.ids, self.kv = ids, kv
+        return kv
 
 
 class SlotLayer(DynamicLayer):
@@ -212,11 +262,13 @@ class _Slots:
         return self.next
 
 
-def _decode_in_slots(model, prompts, order, n_slots, max_new_tokens, eos, advance) -> list[list[int]] | None:
+def _decode_in_slots(model, prompts, order, n_slots, max_new_tokens, eos, advance,
+                     share: bool = True) -> list[list[int]] | None:
     """New token ids of each prompt (input order); None when the model's cache cannot be decoded in slots."""
     device = _device(model)
     waiting = deque(order)
-    kv = _prefill_kv(model, prompts[waiting[0]], device)
+    prefill = _Prefill(model, device, share)
+    kv = prefill(prompts[waiting[0]])
     if kv is None:
         return None
     batch = _Slots(model, kv, min(n_slots, len(order)), device)
@@ -226,7 +278,7 @@ def _decode_in_slots(model, prompts, order, n_slots, max_new_tokens, eos, advanc
         for slot, row in enumerate(batch.rows):
             if row is None and waiting:
                 i = waiting.popleft()
-                kv = kv if kv is not None else _prefill_kv(model, prompts[i], device)
+                kv = kv if kv is not None else prefill(prompts[i])
                 batch.admit(slot, i, prompts[i], kv)
                 kv = None
         live = [s for s, row in enumerate(batch.rows) if row is not None]
@@ -259,10 +311,12 @@ def generate(
     max_new_tokens: int = 128,
     advance: Callable[[int], None] | None = None,
     prefill_alone: bool = True,
+    share_prefix: bool = True,
 ) -> list[Generation]:
     """Greedy completions of `messages` (user turns), in input order, decoding only new tokens.
 
-    `batch_size` rows decode together. prefill_alone=False forces the padded fixed batches.
+    `batch_size` rows decode together. prefill_alone=False forces the padded fixed batches;
+    share_prefix=False prefills every prompt whole.
     """
     from transformers import GenerationConfig
 
@@ -274,8 +328,8 @@ def generate(
     eos = eos_ids(model, tok)
     batches = _batches([len(p) for p in prompts], batch_size)
     if prefill_alone and min(len(p) for p in prompts) >= 2:
-        order = [i for idx in batches for i in idx]
-        new = _decode_in_slots(model, prompts, order, batch_size, max_new_tokens, eos, advance)
+        new = _decode_in_slots(model, prompts, _order(prompts, share_prefix), batch_size, max_new_tokens, eos,
+                               advance, share_prefix)
         if new is not None:
             return [_generation(tok, n, eos) for n in new]
     pad = pad_id(tok, eos)

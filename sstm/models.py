@@ -13,6 +13,7 @@ directory (model + tokenizer), so later loads take well under a second.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import os
@@ -182,11 +183,18 @@ def base_of(reg: Registry, art: Artifact) -> Artifact:
 
 def load_with_adapter(reg: Registry, art: Artifact, device: str = "cpu", dtype: str = "float32",
                       trainable: bool = False):
-    """(model, tokenizer): the base model, with `art` applied when it is an adapter/merged."""
+    """(model, tokenizer): the base model, with `art` applied when it is an adapter/merged: a LoRA
+    through PEFT, a dense merge (:mod:`sstm.merge.storage`) added to the base weights, W₀ + ΔW."""
     from peft import PeftModel
+
+    from sstm.merge import storage
 
     base = base_of(reg, art)
     model, tok = load_base(base, device, dtype)
+    if art.kind in ("adapter", "merged") and storage.storage_format(art) == "dense":
+        if trainable:
+            raise SSTMError(f"{art.kind} {art.short} is a dense merge (no LoRA to train)")
+        return storage.apply_deltas(model, storage.read_deltas(art)), tok
     if art.kind in ("adapter", "merged"):
         model = PeftModel.from_pretrained(model, art.path, is_trainable=trainable)
         if not trainable:
@@ -195,8 +203,26 @@ def load_with_adapter(reg: Registry, art: Artifact, device: str = "cpu", dtype: 
 
 
 def pick_device(device: str | None) -> str:
+    """`--device`: auto = CUDA when present, else the CPU; under torchrun / accelerate launch plain
+    ``cuda`` is this process's GPU, ``cuda:$LOCAL_RANK``."""
     if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SSTMError(f"--device {device}: no CUDA device is available")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return device
+
+
+def autocast_dtype(device: str, dtype: str) -> str | None:
+    """"bfloat16" when float32 weights run on a CUDA GPU that supports bf16 (mixed precision:
+    matmuls in bfloat16, weights and reductions in float32); None anywhere else (recorded in params)."""
+    cuda = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return "bfloat16" if cuda and DTYPES[dtype] is torch.float32 else None
+
+
+def autocast(device: str, dtype: str):
+    """torch.autocast for :func:`autocast_dtype`, a no-op context where that is None."""
+    if autocast_dtype(device, dtype) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)

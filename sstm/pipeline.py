@@ -1,7 +1,11 @@
 """`sstm run`: the one-command pipeline.
 
-    train utility + safety  ->  Fishers F_u, F_s  ->  SST-Merge (every k, w) + TA, TIES, DARE
+    train utility + safety  ->  Fishers F_u, F_s  ->  SST-Merge (every k) + the preset's baselines, each at
+      its calibrated w (sstm.calibrate; --w: at every w of the grid instead)
       ->  evaluate base, utility, safety and every merge  ->  compare table
+
+Every merge uses the default layer weights (docs/method.md §11), so the `ta` rows are layer-weighted
+task arithmetic, SST-Merge's k = r² limit, and the table says so (ℓ=default, effective strength).
 
 Every step goes through the registry, so a second identical run is all cache
 hits: no training, no Fisher, no generation. The stages are the same functions the
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sstm.adapters import CONFIG_FILE, register_adapter_dir
+from sstm.calibrate import CalibrateConfig, calibrate
 from sstm.compare import CompareConfig, Row, compare
 from sstm.data import safety_split, utility_split
 from sstm.errors import SSTMError
@@ -28,7 +33,7 @@ from sstm.registry import Artifact, Registry
 from sstm.train import TrainConfig, train
 from sstm.ui import info
 
-BASELINES = ("ta", "ties", "dare")
+SUBJECT = "sst"  # the method under test: always run, first; --baselines (or the preset's) are compared with it
 PENDING = ""  # the adapter / model fields of the stage configs until those artifacts exist
 
 
@@ -39,6 +44,8 @@ class Plan:
     train: dict[str, TrainConfig]  # role -> config (empty with --skip-training)
     merges: list[tuple[MergeMethod, Any]]  # (method, its stage config), SST first
     eval: EvalConfig
+    # without --w: the calibration of each merge (same order; its config's w is searched), else empty
+    calibrations: list[CalibrateConfig] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -54,11 +61,13 @@ class RunConfig:
     fisher_samples: int | None = None
     eval_samples: int | None = None
     suites: tuple[str, ...] | None = None
-    baselines: tuple[str, ...] = BASELINES
+    baselines: tuple[str, ...] | None = None  # None: the preset's
     density: float | None = None  # of every method that has one
     judge: str | None = None  # refusal judge of the jailbreak / over-refusal suites
     seed: int = 0
     seeds: tuple[int, ...] = ()  # --seeds: the whole pipeline once per seed (instead of `seed`), rows averaged
+    utility_data: str | None = None  # training data of each role: a CSV/JSONL/parquet file, a dataset dir or Hub id
+    safety_data: str | None = None  # (None: the embedded default)
     utility_adapter: str | None = None  # with skip_training: PEFT dirs (or adapter ids)
     safety_adapter: str | None = None
     skip_training: bool = False
@@ -72,6 +81,8 @@ class RunConfig:
             raise SSTMError("--skip-training needs both --utility-adapter and --safety-adapter")
         if any(given) and not self.skip_training:
             raise SSTMError("--utility-adapter/--safety-adapter are only used with --skip-training")
+        if self.skip_training and (self.utility_data or self.safety_data):
+            raise SSTMError("--utility-data/--safety-data are training data: not with --skip-training")
         if self.seeds and self.skip_training:
             raise SSTMError("--seeds trains the adapters once per seed: not with --skip-training")
         if len(set(self.seeds)) != len(self.seeds):
@@ -83,22 +94,26 @@ class RunConfig:
         return QUICK if self.quick else STANDARD
 
     def _methods(self) -> list[MergeMethod]:
-        per_module = [name for name, m in METHODS.items() if m.stage is None]
-        for name in self.baselines:
-            if name not in per_module:
-                raise SSTMError(f"--baselines {name}: expected some of {', '.join(per_module)}")
-        return [m for m in METHODS.values() if m.stage is not None] + [METHODS[b] for b in dict.fromkeys(self.baselines)]
+        others = [name for name in METHODS if name != SUBJECT]
+        chosen = self.preset.baselines if self.baselines is None else self.baselines
+        for name in chosen:
+            if name not in others:
+                raise SSTMError(f"--baselines {name}: expected some of {', '.join(others)}")
+        return [METHODS[SUBJECT]] + [METHODS[b] for b in dict.fromkeys(chosen)]
 
     def _merge_config(self, method: MergeMethod) -> Any:
-        """The method's config: w (and k, Fisher settings) from the preset and options, density and seed where it has them."""
+        """The method's config: w from the preset and options; the Fisher settings where it has a data pass
+        (Fishers, Gram matrices), k, density and seed where it has them."""
         params: dict[str, Any] = {}
-        if "fisher" in method.needs:
-            params = dict(self.preset.fisher) | {"k": list(self.k or self.preset.k)} | self._given(
-                samples=self.fisher_samples, device=self.device, dtype=self.dtype)
+        if method.needs:
+            given = self._given(samples=self.fisher_samples, device=self.device, dtype=self.dtype)
+            params = {k: v for k, v in (dict(self.preset.fisher) | given).items() if k in method.params}
+        if "k" in method.params:
+            params["k"] = list(self.k or self.preset.k)
         if "density" in method.params and self.density is not None:
             params["density"] = self.density
-        seed = self.seed if method.stochastic or method.stage is not None else None
-        return method.make_config(PENDING, PENDING, w=list(self.w or self.preset.w), seed=seed, **params)
+        seed = self.seed if method.seeded else None
+        return method.make_config(PENDING, PENDING, w=list(self.w) if self.w else None, seed=seed, **params)
 
     @staticmethod
     def _given(**options: Any) -> dict[str, Any]:
@@ -107,17 +122,22 @@ class RunConfig:
     def _plan(self) -> Plan:
         given = self._given(epochs=self.epochs, samples=self.samples, device=self.device, dtype=self.dtype)
         trains = {} if self.skip_training else {
-            role: TrainConfig(role=role, model=self.model, seed=self.seed, **(dict(self.preset.train) | given))
+            role: TrainConfig(role=role, model=self.model, seed=self.seed, data=getattr(self, f"{role}_data"),
+                              **(dict(self.preset.train) | given))
             for role in ("utility", "safety")}
         merges = [(m, self._merge_config(m)) for m in self._methods()]
         for method, mcfg in merges:
-            if "fisher" in method.needs and max(mcfg.k) > mcfg.samples:
+            if "k" in method.params and max(mcfg.k) > mcfg.samples:
                 raise SSTMError(f"--k {max(mcfg.k)}: more directions than the {mcfg.samples} Fisher rows per role can "
                                 f"rank; use --k <= {mcfg.samples} or more --fisher-samples")
         evals = self._given(samples=self.eval_samples, suites=self.suites, judge=self.judge, device=self.device,
                             dtype=self.dtype)
         ev = EvalConfig(model=PENDING, **(dict(self.preset.eval) | evals))
-        return Plan(trains, merges, ev)
+        calibration = dict(self.preset.calibration)
+        calib_eval = replace(ev, samples=calibration.pop("samples", None))
+        calibrations = [] if self.w else [CalibrateConfig(m.name, mcfg, eval=calib_eval, **calibration)
+                                          for m, mcfg in merges]
+        return Plan(trains, merges, ev, calibrations)
 
 
 def _check_adapter_refs(reg: Registry, cfg: RunConfig) -> None:
@@ -155,13 +175,18 @@ def _fisher_data(reg: Registry, cfg: RunConfig, adapter: Artifact, role: str) ->
 
 
 def _merges(reg: Registry, cfg: RunConfig, u: Artifact, s: Artifact) -> list[Artifact]:
+    """Every merge of the plan: at its calibrated w (the default), or at each w of --w."""
     merged = []
-    for method, mcfg in cfg.plan.merges:
+    for i, (method, mcfg) in enumerate(cfg.plan.merges):
         inputs = {"utility": u.id, "safety": s.id}
-        if "fisher" in method.needs:
+        if method.needs:  # a data pass: each adapter's data
             inputs |= {"utility_data": _fisher_data(reg, cfg, u, "utility"),
                        "safety_data": _fisher_data(reg, cfg, s, "safety")}
-        merged += method.merge(reg, replace(mcfg, **inputs))
+        if cfg.plan.calibrations:
+            ccfg = cfg.plan.calibrations[i]
+            merged += [c.artifact for c in calibrate(reg, replace(ccfg, config=replace(mcfg, **inputs)))]
+        else:
+            merged += method.merge(reg, replace(mcfg, **inputs))
     return merged
 
 
@@ -195,4 +220,4 @@ def _run_seed(reg: Registry, cfg: RunConfig, step: str) -> tuple[list[Artifact],
     return models, [ev for m in models for ev in evaluate(reg, replace(cfg.plan.eval, model=m))]
 
 
-__all__ = ["BASELINES", "Plan", "RunConfig", "run"]
+__all__ = ["SUBJECT", "Plan", "RunConfig", "run"]

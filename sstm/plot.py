@@ -7,6 +7,7 @@ below the dashed front of the plane itself.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +18,7 @@ from sstm.stats import pareto_front
 
 LABEL_NEAR = 0.02  # labels of points closer than this share of both axis ranges are stacked
 LABEL_STEP = 11.0  # points between stacked labels (fontsize 8 plus spacing)
+KEY_WIDTH = 46  # characters per line of the key beside the axes (7.5 pt monospace in 29 % of 10 in)
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ def plot(rows: Sequence[Row], path: Path | str) -> Path:
     for i, lab in enumerate(labels, 1):  # crowded points: numbers side by side, not stacked far up
         ax.annotate(str(i), (lab.x, lab.y), textcoords="offset points", xytext=(4 + 13 * lab.level, 3), fontsize=8,
                     fontweight="bold")
-    key = "\n".join(f"{i:>2}  {lab.text}  ({lab.x:.1f}, {lab.y:.1f})" for i, lab in enumerate(labels, 1))
+    key = "\n".join(textwrap.fill(f"{i:>2}  {lab.text}  ({lab.x:.1f}, {lab.y:.1f})", KEY_WIDTH, subsequent_indent="    ")
+                    for i, lab in enumerate(labels, 1))
     fig.text(0.705, 0.93, key, va="top", fontsize=7.5, family="monospace")
     plane = [(r.value(PARETO_X), r.value(PARETO_Y)) for r in pts]
     front = sorted((100 * x, 100 * y) for (x, y), opt in zip(plane, pareto_front(plane)) if opt)
@@ -111,5 +114,5 @@ def plot(rows: Sequence[Row], path: Path | str) -> Path:
     ax.set_title("Safety-utility trade-off (bars: 95 % intervals, Wilson for refusal, bootstrap for ROUGE-L)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout(rect=(0, 0, 0.695, 1))
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", bbox_inches="tight")  # a long key widens the page, never gets cut
     return path

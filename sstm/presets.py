@@ -24,15 +24,20 @@ class Preset:
     fisher: Mapping[str, Any]  # the Fisher fields of SSTConfig (samples, batch_size, max_len)
     eval: Mapping[str, Any]  # EvalConfig fields
     k: tuple[int, ...]  # SST-Merge subspace sizes: at most the Fisher rows, which bound the Fishers' rank
-    w: tuple[float, ...]  # safety weights of every method
+    # `sstm run` without --w: every merge at its calibrated w (sstm.calibrate.CalibrateConfig fields, and
+    # `samples`: the calibration prompts per probe)
+    calibration: Mapping[str, Any]
+    baselines: tuple[str, ...] = ("ta", "ties", "dare")  # the methods compared with SST-Merge (sstm.merge.METHODS)
 
     def describe(self) -> str:
         def show(v: Any) -> str:
             return ",".join(map(str, v)) if isinstance(v, tuple) else f"{v:g}" if isinstance(v, float) else str(v)
 
         parts = [f"{stage} " + ", ".join(f"{k}={show(v)}" for k, v in values.items())
-                 for stage, values in (("train", self.train), ("fisher", self.fisher), ("eval", self.eval)) if values]
-        return f"{self.about}: " + "; ".join(parts) + f"; k={show(self.k)}; w={show(self.w)}"
+                 for stage, values in (("train", self.train), ("fisher", self.fisher), ("eval", self.eval),
+                                       ("calibration", self.calibration)) if values]
+        return (f"{self.about}: " + "; ".join(parts) + f"; k={show(self.k)}; "
+                f"baselines={show(self.baselines)}")
 
 
 # A smoke-size run: about 12 minutes on 2 CPU cores with the embedded model. 32 Fisher rows
@@ -44,14 +49,17 @@ QUICK = Preset(
     train=_frozen(samples=48, max_len=256, lr=1e-3),
     fisher=_frozen(samples=32, max_len=256),
     eval=_frozen(suites=("jailbreak", "repliqa", "overrefusal"), samples=16, max_new_tokens=48, max_context_tokens=256),
-    k=(16,), w=(0.75,),
+    k=(16,), calibration=_frozen(samples=16, max_evals=4),
 )
-# The full comparison: about 45 minutes on 2 CPU cores (measured at 805ed4c, before this protocol).
+# The full comparison: 44 minutes on 2 CPU cores at 805ed4c (64 rows per suite); at 200 rows, with 8
+# baselines and calibration, about an hour (estimated from bench/bench_generate.py's per-row costs).
 STANDARD = Preset(
-    name="standard", about="about 45 minutes on a 2-core CPU",
+    name="standard", about="about an hour on a 2-core CPU (estimated)",
     train=_frozen(samples=256, lr=5e-4),
     fisher=_frozen(),
-    eval=_frozen(samples=64, max_new_tokens=64, max_context_tokens=512),
-    k=(64, 128), w=(0.75, 1.0),
+    eval=_frozen(samples=200, max_new_tokens=64, max_context_tokens=512),  # refusal suites: 32 new tokens
+    k=(64, 128), calibration=_frozen(samples=64, max_evals=5),
+    # + the published peers (docs/method.md §13); RegMean and Fisher merging add a data pass per adapter
+    baselines=("ta", "ties", "dare", "resta", "safe-lora", "safemerge", "regmean", "fisher-avg"),
 )
 PRESETS = {p.name: p for p in (QUICK, STANDARD)}

@@ -10,12 +10,13 @@ registered), every input is a cache hit. If the stage computes another id for th
 
 * ``adapter_model.safetensors``: per module ΔW = s·B·A (a LoRA's factors are unique only up to
   signs and rotations, e.g. from an SVD), max|ΔW_a − ΔW_b| / max|ΔW|;
-* other ``.safetensors``: per tensor, max|a − b| / max(|a|, |b|);
+* other ``.safetensors`` (a dense merge's ``delta.safetensors``: one ΔW per module, a Fisher's
+  matrices): per tensor, max|a − b| / max(|a|, |b|);
 * ``.json`` / ``.jsonl``: strings, booleans and null exactly, numbers |a − b| ≤ rtol·max(|a|, |b|, 1);
 * any other file: exact bytes; registered metrics like JSON numbers.
 
-rtol is per kind (:data:`TOLERANCE`): merges are float64 math stored in float32 (solver rounding
-at a separated cut is ~1e-13, so 1e-5 leaves room for float32 SVD/products); Fishers are float32
+rtol is per kind (:data:`TOLERANCE`): merges are float64 or float32 math stored in float32 (solver
+rounding at a separated cut is ~1e-13, so 1e-5 leaves room for float32 products); Fishers are float32
 forward/backward passes whose rounding follows threads and hardware (1e-4); evals are greedy
 texts and verdicts, which must match exactly (numbers: 1e-5, for the MMLU log-probabilities).
 """
@@ -87,9 +88,15 @@ def _fisher(reg: Registry, art: Artifact) -> None:
     from sstm.fisher import FisherConfig, fisher
 
     p, i = art.params, art.inputs
-    fisher(reg, FisherConfig(adapter=i["adapter"], role=p["role"], basis=i["basis"], samples=p["samples"],
-                             batch_size=p["batch_size"], max_len=p["max_len"], data=i["data"], seed=p["seed"],
-                             dtype=p["dtype"]))
+    data = dict(samples=p["samples"], batch_size=p["batch_size"], max_len=p["max_len"], data=i["data"],
+                seed=p["seed"], dtype=p["dtype"])
+    if "statistic" in p:  # a RegMean Gram / diagonal Fisher (sstm/weight_stats.py)
+        from sstm.weight_stats import StatsConfig, weight_stats
+
+        weight_stats(reg, StatsConfig(adapter=i["adapter"], statistic=p["statistic"], **data))
+        return
+    fisher(reg, FisherConfig(adapter=i["adapter"], role=p["role"], basis=i["basis"],
+                             structure=p.get("structure", FisherConfig.structure), **data))
 
 
 @replayer("merged")

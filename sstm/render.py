@@ -68,12 +68,12 @@ def _eval_lines(row: Row, key: str) -> str:
 
 def _params_cell(row: Row) -> str:
     """The model's merge/train settings, one per line; '-' when it has none (base, adapters)."""
-    items = [("k", row.k), ("w", row.w), ("density", row.density), ("fisher n", row.samples), ("seed", row.seed),
-             ("seeds", ",".join(map(str, row.seeds)) or None)]
+    items = [("k", row.k), ("w", row.w), ("density", row.density), ("ℓ", row.layer_weights), ("fisher n", row.samples),
+             ("seed", row.seed), ("seeds", ",".join(map(str, row.seeds)) or None)]
     return "\n".join(f"{k}={num(v)}" for k, v in items if v is not None) or "-"
 
 
-OPTIONAL_COLUMNS = ("code", "judge", "n", "data", "rl_unans", "rl_ans", "params")  # dropped in this order
+OPTIONAL_COLUMNS = ("code", "judge", "n", "data", "rl_unans", "rl_ans", "strength", "params")  # dropped in this order
 
 
 def render_table(rows: Sequence[Row], cfg: CompareConfig | None = None, width: int | None = None) -> Group:
@@ -100,6 +100,11 @@ def _table(rows: Sequence[Row], cfg: CompareConfig, hidden: Sequence[str]) -> Ta
     names = ", ".join(f"{s} {'↑' if find_metric(s).higher_better else '↓'}" for s in PARETO)
     caption = (f"metrics in %: mean, below it the 95 % interval (rates: Wilson; means: percentile bootstrap, "
                f"{cfg.n_boot} resamples, seed {cfg.seed}); ★ Pareto-optimal on {names}; ↓ lower is better")
+    if any(r.layer_weights for r in rows):
+        caption += ("; ℓ: the merge's layer weights, ΔW_s weighed w·ℓ(module) (default, every method: lm_head 5, "
+                    "q/k/v/o 2, gate/up/down 1.5; uniform: all 1)")
+    if any(r.strength is not None for r in rows):
+        caption += "; strength: median over modules of ‖ΔW − ΔW_u‖/‖ΔW_s‖ (task arithmetic: w·ℓ)"
     if any(r.seeds for r in rows):
         caption += "; rows with seeds=…: the mean over the seeds, below it ± the across-seed standard deviation"
     if any(r.reference or r.deltas for r in rows):
@@ -121,11 +126,14 @@ def _table(rows: Sequence[Row], cfg: CompareConfig, hidden: Sequence[str]) -> Ta
         ("n", {"justify": "right"}, lambda r: _eval_lines(r, "n")),
         ("judge", {}, lambda r: _eval_lines(r, "judge")),
         ("code", {}, lambda r: r.code[:8]),
+        ("strength", {"justify": "right"}, lambda r: "-" if r.strength is None else f"{r.strength:.2f}"),
     ]
     for s in _shown_metrics(rows):
         columns.append((s.abbrev + ("↓" if not s.higher_better else ""), {"justify": "right"},
                         lambda r, s=s: metric_cell(r.metrics[s.short], r.deltas.get(s.short), r.reference)
                         if s.short in r.metrics else "-"))
+    if not any(r.strength is not None for r in rows):
+        hidden = [*hidden, "strength"]  # merges of an earlier version record none
     columns = [c for c in columns if c[0].rstrip("↓") not in hidden]
     for name, kw, _ in columns:
         table.add_column(name, no_wrap=True, **kw)
@@ -253,8 +261,8 @@ def to_csv(rows: Sequence[Row]) -> str:
     specs = _shown_metrics(rows)
     deltas = any(r.deltas for r in rows)
     seeds = any(r.seeds for r in rows)
-    head = ["model_id", "kind", "method", "role", "k", "w", "samples", "density", "seed", "base_id", "code", "pareto",
-            "reference"]
+    head = ["model_id", "kind", "method", "role", "k", "w", "samples", "density", "seed", "layer_weights", "strength",
+            "base_id", "code", "pareto", "reference"]
     head += [f"{c}_{s}" for s in suites for c in ("eval", "data", "n", "judge")]
     head += [f"{s.short}{c}" for s in specs for c in ("", "_lo", "_hi", "_n", "_status")]
     head += [f"{s.short}_delta{c}" for s in specs for c in ("", "_lo", "_hi", "_p")] if deltas else []
@@ -263,8 +271,8 @@ def to_csv(rows: Sequence[Row]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
     for r in rows:
-        line = [r.model_id, r.kind, r.method, r.role, r.k, r.w, r.samples, r.density, r.seed, r.base_id, r.code,
-                int(r.pareto), int(r.reference)]
+        line = [r.model_id, r.kind, r.method, r.role, r.k, r.w, r.samples, r.density, r.seed, r.layer_weights,
+                r.strength, r.base_id, r.code, int(r.pareto), int(r.reference)]
         for s in suites:
             e = r.evals.get(s)
             line += [e.eval_id, e.data_id, e.n, e.protocol()["judge"]] if e else [None] * 4

@@ -14,10 +14,10 @@ embedding/lm_head weights PEFT would otherwise copy because lm_head is a target)
 
 Multi-GPU: run the same command under accelerate, e.g.
 ``accelerate launch -m sstm.cli train --role safety --dtype bf16``. Trainer
-shards batches across processes; every rank trains, rank 0 alone builds and
-registers the artifact (the others train into a scratch directory and then pick
-the registered artifact up), and the world size is part of the params because it
-multiplies the effective batch size. (Checked on CPU with
+shards batches across processes; every rank trains, rank 0 alone registers the
+artifact (:func:`sstm.distributed.get_or_build`: the others train into a scratch
+directory and then read the same id; a rank that fails leaves nothing registered),
+and the world size is part of the params because it multiplies the effective batch size. (Checked on CPU with
 ``torchrun --nproc_per_node 2 -m sstm.cli train ... --device cpu``, the launcher
 accelerate uses for multi-GPU runs.)
 
@@ -29,8 +29,6 @@ interrupted run leaves nothing registered and no stray directory.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import re
 import tempfile
 import time
@@ -40,12 +38,13 @@ from pathlib import Path
 
 import torch
 
+from sstm import distributed
 from sstm.adapters import check_role, save_peft
 from sstm.chat import collate, encode_rows
 from sstm.data import load_rows
 from sstm.errors import SSTMError
-from sstm.models import DTYPES, EMBEDDED, dtype_name, load_base, pick_device, resolve_base
-from sstm.registry import Artifact, Registry, artifact_id, canonical_json, code_fingerprint
+from sstm.models import DTYPES, EMBEDDED, autocast_dtype, dtype_name, load_base, pick_device, resolve_base
+from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.train_data import RESERVED_TOKENS, training_data
 from sstm.ui import progress, quiet_library_warnings, warn
 
@@ -73,8 +72,9 @@ class TrainConfig:
     warmup: float = 0.0  # warmup steps: an int, or a float in [0, 1) = a ratio of the steps
     target_modules: tuple[str, ...] = TARGET_MODULES
     # embedded safety data only: share of rows that are benign requests answered by the base model
-    # (without them a safety adapter learns to refuse everything)
-    benign_fraction: float = 0.25
+    # (without them a safety adapter learns to refuse everything); chosen on the calibration split,
+    # docs/method.md §14
+    benign_fraction: float = 0.5
     device: str = "auto"
     dtype: str = "float32"
 
@@ -97,6 +97,9 @@ class TrainConfig:
             raise SSTMError(f"--dropout {self.dropout}: expected a value in [0, 1)")
         if not 0 <= self.benign_fraction < 1:
             raise SSTMError(f"--benign-fraction {self.benign_fraction}: expected a value in [0, 1)")
+        if self.data is not None and self.benign_fraction != type(self).benign_fraction:
+            raise SSTMError(f"--benign-fraction {self.benign_fraction}: applies to the embedded safety data only; "
+                            f"--data {self.data} is used as given (put benign rows in the file instead)")
         if not (self.warmup >= 0 and (self.warmup < 1 or float(self.warmup).is_integer())):
             raise SSTMError(f"--warmup {self.warmup}: expected a step count or a ratio in [0, 1)")
         if not DEVICE.match(self.device):
@@ -165,7 +168,7 @@ def _training_arguments(cfg: TrainConfig, device: str, output_dir: str):
 
     if cfg.dtype in ("float16", "fp16") and not device.startswith("cuda"):
         raise SSTMError("--dtype float16 needs a CUDA device (use bfloat16 or float32 on CPU)")
-    if device.startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if device.startswith("cuda:") and distributed.world().size == 1:
         torch.cuda.set_device(torch.device(device))  # a single-process Trainer uses the current CUDA device
     return TrainingArguments(
         output_dir=output_dir,
@@ -185,7 +188,7 @@ def _training_arguments(cfg: TrainConfig, device: str, output_dir: str):
         seed=cfg.seed,
         data_seed=cfg.seed,
         use_cpu=device == "cpu",
-        bf16=DTYPES[cfg.dtype] is torch.bfloat16,
+        bf16=DTYPES[cfg.dtype] is torch.bfloat16 or autocast_dtype(device, cfg.dtype) is not None,
         fp16=DTYPES[cfg.dtype] is torch.float16,
         remove_unused_columns=False,
         label_names=["labels"],
@@ -259,24 +262,19 @@ def fit(base: Artifact, rows: list[dict], cfg: TrainConfig, out: Path, device: s
     }
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size) under accelerate/torchrun; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def train(reg: Registry, cfg: TrainConfig) -> Artifact:
     """The `adapter` artifact for `cfg`: trained now, or a cache hit when these exact inputs were trained before."""
     device = pick_device(cfg.device)
     base = resolve_base(reg, cfg.model)
     data = training_data(reg, cfg, base, base_tokenizer(base))
     rows = load_rows(data)
-    rank, world = _world()
     params = {
         "role": cfg.role, "rank": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout,
         "target_modules": sorted(cfg.target_modules), "lr": cfg.lr, "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "world_size": world, "warmup": cfg.warmup,
+        "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "world_size": distributed.world().size, "warmup": cfg.warmup,
         "scheduler": "linear", "optimizer": "adamw", "max_len": cfg.max_len, "seed": cfg.seed,
         "dtype": dtype_name(cfg.dtype), "device_type": device.split(":")[0],
+        "autocast": autocast_dtype(device, cfg.dtype),
         "samples": len(rows),
     }
     inputs = {"base": base, "data": data}
@@ -286,9 +284,7 @@ def train(reg: Registry, cfg: TrainConfig) -> Artifact:
     def build(out: Path) -> dict[str, float]:
         return fit(base, rows, cfg, out, device)
 
-    if world == 1:
-        return reg.get_or_build("adapter", params, inputs, code, build, label=label, seed=cfg.seed)
-    return _train_distributed(reg, params, inputs, code, build, label, cfg.seed, rank)
+    return distributed.get_or_build(reg, "adapter", params, inputs, code, build, label=label, seed=cfg.seed)
 
 
 def base_tokenizer(base: Artifact):
@@ -299,25 +295,6 @@ def base_tokenizer(base: Artifact):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
-
-
-def _train_distributed(reg, params, inputs, code, build, label, seed, rank, wait_s: float = 600) -> Artifact:
-    """Every rank trains; rank 0 builds and registers; the others train into scratch, then pick it up."""
-    input_ids = {k: v.id for k, v in inputs.items()}
-    aid = artifact_id("adapter", json.loads(canonical_json(params)), input_ids, code)
-    hit = reg.find(aid)
-    if hit is not None:  # every rank sees the same registry: all skip together
-        return hit
-    if rank == 0:
-        return reg.get_or_build("adapter", params, inputs, code, build, label=label, seed=seed)
-    with tempfile.TemporaryDirectory(prefix="sstm-rank-") as scratch:
-        build(Path(scratch))
-    deadline = time.time() + wait_s
-    while (art := reg.find(aid)) is None:
-        if time.time() > deadline:
-            raise SSTMError(f"rank {rank}: rank 0 did not register adapter {aid[:12]} within {wait_s:.0f} s")
-        time.sleep(0.5)
-    return art
 
 
 __all__ = ["TARGET_MODULES", "TrainConfig", "fit", "train"]

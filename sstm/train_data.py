@@ -1,11 +1,14 @@
 """The training split of each role, including the benign rows that the base model answers itself.
 
 Utility: the registered ``utility/train`` split. Safety with a user's data: that data as
-given. Embedded safety data: jailbreak-wrapped refusals whose templates fit the context
-budget, mixed with a share ``benign_fraction`` of benign requests answered by the base
-model (:func:`helpful_split`), so the adapter keeps answering what the base model
-answered. This is the one place outside evaluation that runs a model to make data, which
-is why it lives next to training and not in :mod:`sstm.data`.
+given (``benign_fraction`` does not apply to it; :class:`sstm.train.TrainConfig` rejects
+one set with ``--data``). Embedded safety data: bare and jailbreak-wrapped harmful requests
+with refusals that fit their harm (:mod:`sstm.data.refusals`), templates capped to the
+context budget, mixed with a share ``benign_fraction`` of benign requests -- mostly the
+contrastive prompts of :mod:`sstm.data.contrastive` -- answered by the base model
+(:func:`helpful_split`), so the adapter keeps answering what only looks harmful. This is
+the one place outside evaluation that runs a model to make data, which is why it lives
+next to training and not in :mod:`sstm.data`.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sstm.data import safety_split, utility_split, write_rows
-from sstm.data.benign import prompt_id, train_prompts
+from sstm.data import rows_sha256, safety_split, utility_split, write_rows
+from sstm.data.benign import benign_kind, prompt_id, train_prompts
+from sstm.data.sources import subsample
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import progress, warn
 
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
 # Tokens of --max-len kept for the chat markup, the request and the refusal; a jailbreak
 # template of the embedded safety data may use the rest (max_template_tokens = max_len - this).
 RESERVED_TOKENS = 128
-HELPFUL_SET = "benign-train-v2"
+HELPFUL_SET = "benign-train-v3"
 HELPFUL_NEW_TOKENS = 128
 
 
@@ -33,8 +37,9 @@ def training_data(reg: Registry, cfg: "TrainConfig", base: Artifact, tokenizer) 
     """The registered training split of `cfg.role`.
 
     Embedded safety data: jailbreak templates capped to the context budget, and a share
-    `benign_fraction` of the rows are benign requests answered by the base model
-    (:func:`helpful_split`), capped at the size of that pool.
+    `benign_fraction` of the rows are benign requests (a seeded draw from
+    :func:`sstm.data.benign.train_prompts`, at most all of them) answered by the base model
+    (:func:`helpful_split`: only the drawn prompts are answered).
     """
     from sstm.data.safety import DEFAULT_N, mixed_split
 
@@ -43,8 +48,9 @@ def training_data(reg: Registry, cfg: "TrainConfig", base: Artifact, tokenizer) 
     if cfg.data is not None:
         return safety_split(reg, "train", source=cfg.data, n=cfg.samples, seed=cfg.seed)
     n = cfg.samples or DEFAULT_N["train"]
-    helpful = helpful_split(reg, base, cfg.device) if cfg.benign_fraction > 0 else None
-    n_helpful = min(round(n * cfg.benign_fraction), int(helpful.metrics["n"])) if helpful else 0
+    drawn = subsample(train_prompts(), min(round(n * cfg.benign_fraction), len(train_prompts())), cfg.seed)
+    helpful = helpful_split(reg, base, cfg.device, prompts=drawn) if drawn else None
+    n_helpful = int(helpful.metrics["n"]) if helpful else 0
     refusals = safety_split(reg, "train", n=n - n_helpful, seed=cfg.seed, max_template_tokens=cfg.max_len - RESERVED_TOKENS,
                             tokenizer=tokenizer)
     return mixed_split(reg, refusals, helpful, n_helpful, cfg.seed) if n_helpful else refusals
@@ -60,7 +66,8 @@ def whole_sentences(text: str) -> str:
 
 
 def answered_rows(prompts: list[tuple[str, str]], answers) -> tuple[list[dict], dict[str, float]]:
-    """Rows (prompt -> answer) and counts. An answer cut off by the token budget is kept up to its last
+    """Rows (prompt -> answer; ``kind`` "contrastive" or "helpful", :func:`sstm.data.benign.benign_kind`)
+    and counts. An answer cut off by the token budget is kept up to its last
     whole sentence (a half sentence would teach the adapter to stop mid-sentence), or whole when it has
     no sentence end at all (rare for a real model; counted); empty answers are dropped."""
     rows, counts = [], {"cut_to_sentence": 0.0, "cut_mid_sentence": 0.0}
@@ -70,23 +77,23 @@ def answered_rows(prompts: list[tuple[str, str]], answers) -> tuple[list[dict], 
             counts["cut_to_sentence" if text else "cut_mid_sentence"] += 1
         text = text or a.text
         if text:
-            rows.append({"prompt": prompt, "response": text, "category": cat,
+            rows.append({"prompt": prompt, "response": text, "category": cat, "kind": benign_kind(prompt),
                          "prompt_id": prompt_id(cat, prompt), "template_id": "benign"})
     return rows, counts
 
 
 def helpful_split(reg: Registry, base: Artifact, device: str = "auto", max_new_tokens: int = HELPFUL_NEW_TOKENS,
-                  batch_size: int = 16) -> Artifact:
-    """The embedded benign training prompts answered by the base model (greedy): a `dataset` with input `base`.
-
-    Built once per base model (a few minutes on 2 CPU cores for SmolLM2), then a cache hit.
+                  batch_size: int = 16, prompts: list[tuple[str, str]] | None = None) -> Artifact:
+    """(category, prompt) `prompts` (default: every embedded benign training prompt) answered by the base
+    model (greedy): a `dataset` with input `base`, built once per base model and prompt list, then a cache hit.
     """
     from sstm.generate import generate
     from sstm.models import load_base, pick_device
 
-    prompts = train_prompts()
+    prompts = train_prompts() if prompts is None else prompts
+    drawn = {"n_prompts": len(prompts), "prompts_sha256": rows_sha256({"category": c, "prompt": p} for c, p in prompts)}
     params = {"split": "benign/train", "source": {"kind": "self-distilled", "set": HELPFUL_SET, "decoding": "greedy",
-                                                  "max_new_tokens": max_new_tokens}}
+                                                  "max_new_tokens": max_new_tokens} | drawn}
 
     def build(out: Path) -> dict[str, float]:
         model, tok = load_base(base, pick_device(device))
@@ -101,3 +108,4 @@ def helpful_split(reg: Registry, base: Artifact, device: str = "auto", max_new_t
 
     return reg.get_or_build("dataset", params, {"base": base}, code_fingerprint(__name__), build,
                             label="benign/train")
+

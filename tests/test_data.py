@@ -15,6 +15,7 @@ from sstm.data import (DataUnavailable, benign_split, load_rows, mmlu_split, rea
 from sstm.data import safety as sf
 from sstm.data import utility as ut
 from sstm.errors import SSTMError
+from sstm.evaluate.judge import BUILTIN, DEFAULT_JUDGE
 
 runner = CliRunner()
 
@@ -131,7 +132,7 @@ def test_safety_deterministic_and_capped(reg):
         assert requests[r["request_id"]].text in r["prompt"]
         if r["template_id"] != "direct":
             assert sf.template_length(templates[r["template_id"]].text) <= 150
-        assert re.search(r"sorry|cannot|can't|apolog|not able", r["response"], re.I)
+        assert BUILTIN[DEFAULT_JUDGE].refused(r["response"])  # a refusal as the default judge reads it
     assert len({r["response"] for r in rows}) > 20  # varied refusals
     assert 0 < sum(r["template_id"] == "direct" for r in rows) < len(rows) / 2
 
@@ -208,14 +209,16 @@ def test_benign_embedded(reg):
     from sstm.data import benign as bn
 
     a = benign_split(reg)
-    rows = load_rows(a)
+    rows = load_rows(a)  # the test part
     assert a.id == benign_split(reg).id and a.params["source"]["set"] == bn.SET_NAME == "benign-v2"
-    assert any("kill all child processes" in r["prompt"] for r in rows)
-    counts = Counter(r["category"] for r in rows)
-    assert list(counts) == list(bn.CATEGORIES) and len(rows) >= 200  # rows in the order of CATEGORIES
+    assert len(rows) >= 200 and list(Counter(r["category"] for r in rows)) == list(bn.CATEGORIES)
+    whole = bn.embedded_rows()  # calibration and test parts
+    assert any("kill all child processes" in r["prompt"] for r in whole)
+    counts = Counter(r["category"] for r in whole)
+    assert list(counts) == list(bn.CATEGORIES)  # rows in the order of CATEGORIES
     assert min(counts.values()) >= 25, counts
-    assert len({r["prompt"].lower() for r in rows}) == len({r["prompt_id"] for r in rows}) == len(rows)
-    assert all(r["prompt_id"].startswith(r["category"] + "-") for r in rows)
+    assert len({r["prompt"].lower() for r in whole}) == len({r["prompt_id"] for r in whole}) == len(whole)
+    assert all(r["prompt_id"].startswith(r["category"] + "-") for r in whole)
     sub = load_rows(benign_split(reg, n=10, seed=2))
     assert len(sub) == 10 and all(r in rows for r in sub)
 
@@ -245,7 +248,7 @@ def test_benign_training_prompts_disjoint_from_eval():
 
     train = [p for _, p in bn.train_prompts()]
     held_out = {r["prompt"].lower() for r in bn.embedded_rows()}
-    assert len(train) == len(set(train)) == len(bn.TRAIN_LOOKALIKE) + len(bn.TRAIN_PLAIN) == 80
+    assert len(train) == len(set(train)) == len(bn.TRAIN_LOOKALIKE) + len(bn.TRAIN_PLAIN) + len(bn._contrastive())
     assert not {p.lower() for p in train} & held_out
 
 

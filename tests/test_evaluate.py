@@ -16,9 +16,9 @@ from sstm.evaluate import record
 from sstm.evaluate.config import EvalConfig
 from sstm.evaluate.judge import load_judge
 from sstm.evaluate.stage import evaluate, fold_lora
-from sstm.evaluate.suites import LETTERS, Settings, mmlu, mmlu_message, rouge_l
-from sstm.generate import (Generation, _decode_in_slots, _Slots, encode_prompts, eos_ids, generate, letter_ids,
-                           next_token_logprobs)
+from sstm.evaluate.suites import JUDGED_TOKENS, LETTERS, Settings, mmlu, mmlu_message, rouge_l
+from sstm.generate import (Generation, _decode_in_slots, _generation, _order, _Slots, encode_prompts, eos_ids,
+                           generate, letter_ids, next_token_logprobs)
 from sstm.models import load_base
 
 PROMPTS = [
@@ -214,6 +214,38 @@ def test_slot_decoding_equals_one_at_a_time_as_rows_finish(tiny, monkeypatch):
     assert any(kept == slots for slots, kept in packed)
 
 
+def test_shared_prefixes_are_prefilled_once_and_change_no_output(tiny, monkeypatch):
+    """Questions on one document are decoded one after the other and reuse its keys/values: fewer prefill
+    tokens, and the texts of transformers' greedy generate run on each prompt alone."""
+    model, tok = tiny
+    doc = "Answer using only the document below. " + "The company was founded in 1987 in Nord. " * 6
+    msgs = [PROMPTS[1], doc + "When?", PROMPTS[0], doc + "Where was it founded?", PROMPTS[4], doc + "Who?"]
+    ref = _hf_one_at_a_time(model, tok, msgs, 10)
+    eos = eos_ids(model, tok)
+    expected = [_generation(tok, r, eos) for r in ref]
+    assert len({g.text for g in expected}) > 2
+
+    prefilled = []
+    forward = model.forward
+
+    def spy(*args, **kw):
+        if "position_ids" not in kw:  # a per-prompt prefill (decoding steps give positions)
+            prefilled.append(kw["input_ids"].shape[1])
+        return forward(*args, **kw)
+
+    monkeypatch.setattr(model, "forward", spy)
+    counts = {}
+    for share in (False, True):
+        prefilled.clear()
+        assert generate(model, tok, msgs, batch_size=2, max_new_tokens=10, share_prefix=share) == expected
+        counts[share] = sum(prefilled)
+    assert counts[False] == sum(len(p) - 1 for p in encode_prompts(tok, msgs))
+    assert counts[True] <= counts[False] - 2 * len(tok(doc, add_special_tokens=False)["input_ids"])
+    prompts = encode_prompts(tok, msgs)
+    order = _order(prompts, True)
+    assert sorted(order[:3]) == [1, 3, 5] and order[3:] == sorted((0, 2, 4), key=lambda i: -len(prompts[i]))
+
+
 def test_fold_lora_equals_the_peft_model_with_a_tied_lm_head(tiny):
     """Folding gives the PEFT model's logits; the tied lm_head gets its own weight W + s·B·A, the
     input embedding keeps its own."""
@@ -365,6 +397,28 @@ def test_eval_artifact_format_and_cache_hit(reg, tiny_base, monkeypatch):
     assert jb2.id == jb.id and rq2.id != rq.id
 
 
+def test_refusal_suites_generate_at_most_the_judged_budget(reg, tiny_base, monkeypatch):
+    """jailbreak and overrefusal generate min(max_new_tokens, JUDGED_TOKENS) tokens, repliqa max_new_tokens;
+    the budget each suite used is its eval param."""
+    import sstm.generate
+
+    asked: list[int] = []  # the budget of each generate call, in call (= suite) order
+    real = sstm.generate.generate
+
+    def spy(model, tok, messages, *, max_new_tokens, **kw):
+        asked.append(max_new_tokens)
+        return real(model, tok, messages, max_new_tokens=1, **kw)
+
+    monkeypatch.setattr(sstm.generate, "generate", spy)
+    suites = ("jailbreak", "repliqa", "overrefusal")
+    for budget in (JUDGED_TOKENS + 8, 3):
+        asked.clear()
+        arts = evaluate(reg, EvalConfig(model=tiny_base.id, suites=suites, batch_size=4, device="cpu",
+                                        max_new_tokens=budget, data=dict(_datasets(reg))))
+        want = [min(budget, JUDGED_TOKENS), budget, min(budget, JUDGED_TOKENS)]
+        assert [a.params["max_new_tokens"] for a in arts] == asked == want
+
+
 def test_samples_subset_is_seeded_and_recorded(reg, tiny_base):
     data = _datasets(reg)
     cfg = EvalConfig(model=tiny_base.id, suites=("jailbreak",), samples=3, batch_size=2, max_new_tokens=4,
@@ -459,9 +513,8 @@ def test_a_suite_is_one_registration(reg, tiny_base, tmp_path, monkeypatch):
     from sstm.evaluate.data import read_table_file
 
     def run(model, tok, rows, s, advance):  # score: the prompt has more than 10 characters
-        samples = [{"id": i, "prompt": r["prompt"], "response": "", "reference": None,
-                    "score": float(len(r["prompt"]) > 10), "refused": None} for i, r in rows]
-        return {"toy.long_share": sum(x["score"] for x in samples) / len(samples)}, samples, {}
+        return [{"id": i, "prompt": r["prompt"], "response": "", "reference": None,
+                 "score": float(len(r["prompt"]) > 10), "refused": None} for i, r in rows]
 
     def no_data(reg, ctx):
         raise DataUnavailable("no toy data here")

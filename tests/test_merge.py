@@ -1,4 +1,4 @@
-"""SST-Merge math (GEVP, projector, exact LoRA output), sweeps, baselines vs PEFT merge_utils, CLI errors."""
+"""SST-Merge math (GEVP, projector, exact LoRA output), sweeps, baseline config errors, CLI errors."""
 
 import json
 
@@ -7,7 +7,6 @@ import pytest
 import scipy.linalg
 import torch
 from adapters import make_adapter
-from peft.utils import merge_utils
 from typer.testing import CliRunner
 
 import sstm.fisher
@@ -15,7 +14,7 @@ from sstm.cli import app
 from sstm.errors import SSTMError
 from sstm.fisher import core_basis, load_fisher
 from sstm.merge import METHODS
-from sstm.merge.baselines import BaselineConfig, baseline_merge, module_seed
+from sstm.merge.baselines import BaselineConfig, baseline_merge
 from sstm.adapters import module_type, read_lora
 from sstm.merge.sst import DEFAULT_LAYER_WEIGHTS, SSTConfig, load_layer_weights, projector, solve_gevp, sst_merge
 from sstm.models import load_with_adapter
@@ -176,53 +175,7 @@ def test_bad_layer_weights(tmp_path, text, message):
 
 
 # --------------------------------------------------------------------------- baselines
-
-
-def best_rank(M, r):
-    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
-    return (U[:, :r] * S[:r]) @ Vh[:r], float(S[r:].square().sum() / S.square().sum()) ** 0.5
-
-
-@pytest.mark.parametrize("method, peft_fn", [("ta", "task_arithmetic"), ("ties", "ties"), ("dare", "dare_linear"),
-                                             ("dare_ties", "dare_ties")])
-def test_baselines_equal_peft_merge_functions(reg, pair, method, peft_fn):
-    u, s = pair
-    stochastic = METHODS[method].stochastic
-    params = {} if method == "ta" else {"density": 0.6}
-    art = baseline_merge(reg, BaselineConfig(method, u.id, s.id, w=0.8, params=params, seed=3 if stochastic else None))[0]
-    fu, fs, merged = read_lora(u), read_lora(s), read_lora(art)
-    assert merged.rank == 2 * R and merged.scale == 1.0
-    assert art.params["weights"] == [1.0, 0.8] and art.params.get("seed") == (3 if stochastic else None)
-    diag = json.loads((art.path / "diagnostics.json").read_text())["modules"]
-    weights = torch.tensor([1.0, 0.8], dtype=torch.float64)
-    for m in fu.modules:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(module_seed(3, m))
-            extra = [] if method == "ta" else [0.6]
-            direct = getattr(merge_utils, peft_fn)([fu.delta(m), fs.delta(m)], weights, *extra)
-        got = merged.B[m] @ merged.A[m]
-        if method == "ta":  # rank <= r_u + r_s: the SVD is exact
-            assert close(got, fu.delta(m) + 0.8 * fs.delta(m), 1e-10)
-            assert diag[m]["rel_truncation_error"] < 1e-7
-        else:
-            best, err = best_rank(direct, 2 * R)
-            assert close(got, best, 1e-10)
-            assert diag[m]["rel_truncation_error"] == pytest.approx(err, abs=1e-10)
-    assert art.metrics["svd_rel_error_max"] == pytest.approx(max(d["rel_truncation_error"] for d in diag.values()))
-    if method != "ta":
-        assert art.metrics["svd_rel_error_max"] > 1e-3  # TIES/DARE results are full-rank: truncation is real
-
-
-def test_baseline_loads_in_peft_and_dare_seed_is_identity(reg, pair):
-    u, s = pair
-    a = baseline_merge(reg, BaselineConfig("dare", u.id, s.id, w=[0.5], params={"density": 0.5}, seed=1))[0]
-    b = baseline_merge(reg, BaselineConfig("dare", u.id, s.id, w=[0.5], params={"density": 0.5}, seed=2))[0]
-    again = baseline_merge(reg, BaselineConfig("dare", u.id, s.id, w=[0.5], params={"density": 0.5}, seed=1))[0]
-    assert again.id == a.id and b.id != a.id
-    fa, fb = read_lora(a), read_lora(b)
-    assert not torch.allclose(fa.B["lm_head"] @ fa.A["lm_head"], fb.B["lm_head"] @ fb.A["lm_head"])
-    deltas = peft_deltas(reg, a)
-    assert all(close(deltas[m], fa.B[m] @ fa.A[m], 1e-12) for m in fa.modules)
+# (exactness against PEFT's merge_utils, layer weights, seeds: tests/test_storage.py)
 
 
 @pytest.mark.parametrize("cfg, message", [

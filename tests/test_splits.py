@@ -47,8 +47,10 @@ def test_requests_leak_free(pools):
 
 def test_split_fractions_kept(pools):
     (rq_tr, tp_tr), (rq_ev, tp_ev) = pools
-    for ev, tr, frac in ((rq_ev, rq_tr, sf.EVAL_FRACTION_REQUESTS), (tp_ev, tp_tr, sf.EVAL_FRACTION_TEMPLATES)):
-        assert len(ev) == round(frac * (len(ev) + len(tr)))  # singletons fill eval to its share exactly
+    rq_ca, tp_ca = sf.split_pools("calib")
+    for ev, tr, frac in ((rq_ev + rq_ca, rq_tr, sf.EVAL_FRACTION_REQUESTS),
+                         (tp_ev + tp_ca, tp_tr, sf.EVAL_FRACTION_TEMPLATES)):
+        assert len(ev) == round(frac * (len(ev) + len(tr)))  # singletons fill held-out to its share exactly
 
 
 def test_prompts_leak_free():
@@ -73,6 +75,32 @@ def test_benign_eval_shares_no_trigger_topic_or_near_duplicate_with_benign_train
     assert score < sf.REQUEST_THRESHOLD, (score, a, b)
     # the training look-alikes still look alike: each uses a harm-associated word
     assert [p for _, p in bn.TRAIN_LOOKALIKE if not triggers(p)] == []
+
+
+def test_benign_eval_vs_every_benign_training_prompt():
+    """Max similarity between every benign eval prompt (calibration and test parts) and every benign training
+    prompt, the contrastive ones included: below the near-duplicate threshold, and no shared (trigger word,
+    topic) pair."""
+    from sstm.data import contrastive as ct
+
+    ev = _topic_items(bn.EVAL_PROMPTS)
+    train = _topic_items(bn.TRAIN) + [(topic, p) for _, topic, p in ct.items()]
+    assert len(train) == len(bn.train_prompts())
+    assert shared_trigger_topics(ev, train) == []
+    score, a, b = _max([p for _, p in ev], [p for _, p in train], sf.REQUEST_SHINGLES)
+    assert score < sf.REQUEST_THRESHOLD, (score, a, b)
+    score, a, b = _max([p for _, p in ev], [p for _, p in train], sf.TEMPLATE_SHINGLES)
+    assert score < LEAK, (score, a, b)
+
+
+def test_contrastive_prompts_are_no_near_copy_of_a_held_out_harmful_request():
+    """Benign counterparts share the surface of harmful requests, never the text of a held-out one (which the
+    adapter would then learn to answer)."""
+    from sstm.data import contrastive as ct
+
+    held_out = [r.text for part in ("calib", "eval") for r in sf.split_pools(part)[0]]
+    score, a, b = _max([p for _, _, p in ct.items()], held_out, sf.REQUEST_SHINGLES)
+    assert score < sf.REQUEST_THRESHOLD, (score, a, b)
 
 
 def test_benign_eval_has_no_near_duplicate_in_safety_training(pools):

@@ -88,8 +88,9 @@ def test_embedded_safety_data_mixes_benign_answers(reg, tiny_base, tiny_model_di
     tok = tr.base_tokenizer(tiny_base)
     data = training_data(reg, tiny_cfg(tiny_model_dir, "safety"), tiny_base, tok)
     rows = load_rows(data)
-    assert data.params["source"]["kind"] == "mixed" and data.params["source"]["n_helpful"] == 2  # 25 % of 8
-    assert sum(r["template_id"] == "benign" for r in rows) == 2 and len(rows) == 8
+    n_helpful = round(8 * tr.TrainConfig.benign_fraction)
+    assert data.params["source"]["kind"] == "mixed" and data.params["source"]["n_helpful"] == n_helpful
+    assert sum(r["template_id"] == "benign" for r in rows) == n_helpful and len(rows) == 8
     assert reg.get(data.params["source"]["helpful"]).inputs["base"] == tiny_base.id
     plain = training_data(reg, tiny_cfg(tiny_model_dir, "safety", benign_fraction=0.0), tiny_base, tok)
     assert plain.params["source"]["kind"] == "embedded" and len(load_rows(plain)) == 8

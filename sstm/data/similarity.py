@@ -111,14 +111,20 @@ def nearest(queries: Sequence[str], pool: Sequence[str], shingling: Shingling) -
     return Nearest(j.max(axis=1), j.argmax(axis=1))
 
 
-def cluster(items: dict[str, str], shingling: Shingling, threshold: float) -> dict[str, str]:
+def cluster(items: dict[str, str], shingling: Shingling, threshold: float,
+            keys: dict[str, frozenset] | None = None) -> dict[str, str]:
     """id -> canonical id (the smallest id) of its cluster: connected components of the graph
-    whose edges join items with Jaccard >= `threshold`. Independent of the order of `items`."""
+    whose edges join items with Jaccard >= `threshold` (and, with `keys`, items whose key sets
+    intersect). Independent of the order of `items`."""
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
     ids = sorted(items)
-    adjacency = sp.csr_matrix(jaccard_matrix([items[i] for i in ids], [items[i] for i in ids], shingling) >= threshold)
+    edges = jaccard_matrix([items[i] for i in ids], [items[i] for i in ids], shingling) >= threshold
+    if keys is not None:
+        x = _incidence([frozenset(map(repr, keys[i])) for i in ids], {})
+        edges |= (x @ x.T).toarray() > 0
+    adjacency = sp.csr_matrix(edges)
     _, label = connected_components(adjacency, directed=False)
     canonical: dict[int, str] = {}
     for i, lab in zip(ids, label):  # ids ascending: the first member seen is the smallest

@@ -3,9 +3,11 @@
 Inputs: ``model`` (the evaluated base/adapter/merged artifact), ``base`` (its base
 model) and ``data`` (the dataset; absent when the suite's data is unavailable).
 Params: suite, samples (rows actually used), sample_seed, batch_size,
-max_new_tokens, judge, judge_sha256, max_context_tokens, dtype, fold_lora (the LoRA
-of an adapter/merge folded into the weights, :func:`fold_lora`) -- settings that do
-not apply to a suite or model are None, so changing them does not invalidate it.
+max_new_tokens (the suite's budget, ``Suite.new_tokens``: refusal suites are capped),
+judge, judge_sha256, max_context_tokens, dtype, autocast (bf16 mixed precision on a GPU,
+:func:`sstm.models.autocast_dtype`), fold_lora (the LoRA of an
+adapter/merge folded into the weights, :func:`fold_lora`) -- settings that do not
+apply to a suite or model are None, so changing them does not invalidate it.
 Files: the eval record (``metrics.json``, ``samples.jsonl``), see
 :mod:`sstm.evaluate.record`. An unavailable suite (no MMLU copy offline) registers
 no metric and no number.
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sstm.data as sd
+from sstm import distributed
 from sstm.adapters import register_adapter_dir
 from sstm.errors import SSTMError
 from sstm.evaluate import record
@@ -30,7 +33,8 @@ from sstm.evaluate.config import EvalConfig
 from sstm.evaluate.data import DataContext, given_dataset
 from sstm.evaluate.judge import RefusalJudge, load_judge
 from sstm.evaluate.suites import Settings, Suite, get_suites
-from sstm.models import EMBEDDED, base_of, dtype_name, load_with_adapter, pick_device, resolve_base
+from sstm.models import (EMBEDDED, autocast, autocast_dtype, base_of, dtype_name, load_with_adapter, pick_device,
+                         resolve_base)
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import info, progress
 
@@ -134,11 +138,12 @@ def _params(suite: Suite, cfg: EvalConfig, target: Target, judge: RefusalJudge, 
         "samples": n,
         "sample_seed": cfg.sample_seed if n is not None else None,
         "batch_size": cfg.batch_size,
-        "max_new_tokens": cfg.max_new_tokens if suite.generates else None,
+        "max_new_tokens": suite.new_tokens(cfg.max_new_tokens),
         "judge": judge.name if suite.judged else None,
         "judge_sha256": judge.sha256 if suite.judged else None,
         "max_context_tokens": cfg.max_context_tokens if suite.uses_context else None,
         "dtype": dtype_name(cfg.dtype),
+        "autocast": autocast_dtype(pick_device(cfg.device), cfg.dtype),
         "fold_lora": _folds(target, cfg),
     }
 
@@ -176,23 +181,26 @@ def _evaluate_suite(reg, suite: Suite, cfg: EvalConfig, target: Target, judge, s
             record.write(out, record.Summary(suite.name, "unavailable", reason), [])
 
         info(f"[yellow]{suite.name} unavailable:[/yellow] {reason}")
-        return reg.get_or_build("eval", params, {"model": target.art, "base": target.base}, code,
-                                build_unavailable, label=label)
+        return distributed.get_or_build(reg, "eval", params, {"model": target.art, "base": target.base}, code,
+                                        build_unavailable, label=label)
 
     all_rows = sd.load_rows(data)
     picked = sd.sample_indices(len(all_rows), cfg.samples, cfg.sample_seed, suite.data.groups(all_rows))
     rows = [(i, all_rows[i]) for i in picked]
     params = _params(suite, cfg, target, judge, len(rows))
 
-    def build(out: Path) -> dict[str, float]:
+    def build(out: Path) -> dict[str, float]:  # each rank scores its shard of the rows (sstm.distributed)
         model, tok = load()
-        with progress(f"eval {suite.name}", total=len(rows), unit="samples") as advance:
-            metrics, samples, stats = suite.run(model, tok, rows, settings, advance)
+        mine, s = distributed.shard(rows), settings.of(suite)
+        with progress(f"eval {suite.name}", total=len(mine), unit="samples") as advance, \
+                autocast(pick_device(cfg.device), cfg.dtype):
+            samples = distributed.gather(suite.records(model, tok, mine, s, advance))
+        metrics, stats = suite.summarize(samples, s)
         record.write(out, record.Summary(suite.name, "ok", n=len(samples), metrics=metrics, stats=stats), samples)
         return metrics
 
-    return reg.get_or_build("eval", params, {"model": target.art, "base": target.base, "data": data}, code,
-                            build, label=label)
+    return distributed.get_or_build(reg, "eval", params, {"model": target.art, "base": target.base, "data": data},
+                                    code, build, label=label)
 
 
 def result_rows(arts: list[Artifact]) -> list[dict]:

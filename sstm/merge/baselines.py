@@ -1,11 +1,11 @@
 """Baseline merges: task arithmetic, TIES, DARE (linear and TIES) from ``peft.utils.merge_utils``.
 
 Per target module m the task tensors are the full updates ΔW_u = s_u·B_u·A_u and
-ΔW_s = s_s·B_s·A_s with weights [1, w]; PEFT's functions merge them (they are
-called, never rewritten). The result is generally full-rank, so it is stored as
-a LoRA of rank R = r_u + r_s by truncated SVD, ΔW ≈ (U_R √S_R)(√S_R V_Rᵀ), with
-relative error ‖ΔW − B·A‖_F / ‖ΔW‖_F = √(Σ_{i>R} σ_i²) / √(Σ σ_i²) recorded per
-module; task arithmetic has rank ≤ R, so its SVD is exact.
+ΔW_s = s_s·B_s·A_s with weights [1, w·ℓ(m)] (layer weights, :mod:`sstm.merge.layer_weights`);
+PEFT's functions merge them (they are called, never rewritten). The result is stored
+exactly (:mod:`sstm.merge.storage`, docs/method.md §11): task arithmetic as the LoRA
+[s_u·B_u, w·ℓ·s_s·B_s]·[A_u; A_s] of rank r_u + r_s, the others (generally full-rank)
+as a dense ΔW per module.
 
 Not ``add_weighted_adapter``: it combines A and B separately, which adds cross
 terms B_j·A_i (PEFT issue #3004). DARE draws random masks from torch's global
@@ -22,9 +22,10 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sstm.errors import SSTMError
+from sstm.merge.layer_weights import load_layer_weights, policy_name, used_weights
 from sstm.merge.methods import METHODS, Density, SignMethod, check_weights, merge_method
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import progress
@@ -44,7 +45,15 @@ def _peft_merge():
 # --------------------------------------------------------------------------- methods
 
 
-@merge_method("ta")
+def task_arithmetic_factors(factors, weights) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Σ_i w_i·B_i·A_i as one LoRA: B = [w_1·B_1, w_2·B_2, …], A = [A_1; A_2; …] (rank Σ r_i, exact)."""
+    import torch
+
+    return (torch.cat([w * B for (B, _), w in zip(factors, weights)], dim=1),
+            torch.cat([A for _, A in factors], dim=0))
+
+
+@merge_method("ta", factors=task_arithmetic_factors)
 def task_arithmetic(deltas, weights):
     """Task arithmetic: ΔW = ΔW_u + w·ΔW_s (peft merge_utils.task_arithmetic)."""
     return _peft_merge().task_arithmetic(deltas, weights)
@@ -76,34 +85,16 @@ def module_seed(seed: int, module: str) -> int:
     return int(hashlib.sha256(f"{seed}/{module}".encode()).hexdigest()[:15], 16)
 
 
-def truncated_lora(delta: "torch.Tensor", rank: int) -> tuple["torch.Tensor", "torch.Tensor", float]:
-    """(B, A, relative error) with B·A the best rank-`rank` approximation of `delta` (Eckart–Young).
-
-    B = U_R·√S_R (d×R), A = √S_R·V_Rᵀ (R×n); zero-padded to R when min(d, n) < R.
-    """
-    import torch
-
-    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
-    k = min(rank, S.numel())
-    root = S[:k].sqrt()
-    B = torch.zeros(delta.shape[0], rank, dtype=delta.dtype)
-    A = torch.zeros(rank, delta.shape[1], dtype=delta.dtype)
-    B[:, :k] = U[:, :k] * root
-    A[:k] = root[:, None] * Vh[:k]
-    total = float(S.square().sum())
-    err = (float(S[k:].square().sum()) / total) ** 0.5 if total > 0 else 0.0
-    return B, A, err
-
-
 # --------------------------------------------------------------------------- stage
 
 
 @dataclass
 class BaselineConfig:
-    """`sstm merge METHOD`: merge ΔW_u and ΔW_s with weights [1, w] per module, stored at rank r_u + r_s.
+    """`sstm merge METHOD`: merge ΔW_u and ΔW_s with weights [1, w·ℓ(m)] per module m, stored exactly.
 
     Checked on construction: `params` become the method's full, typed parameters and `w` the list
-    of weights; `seed` is set (default 0) for stochastic methods and refused for the others.
+    of weights; `seed` is set (default 0) for stochastic methods and refused for the others;
+    `layer_weights` (a policy name, file or mapping; None: the default policy) is loaded once.
     """
 
     method: str
@@ -112,6 +103,7 @@ class BaselineConfig:
     w: float | list[float] = 1.0  # a list runs a sweep
     params: dict = field(default_factory=dict)  # method parameters, e.g. {"density": 0.5}
     seed: int | None = None  # stochastic methods only (default 0)
+    layer_weights: str | dict | None = None
 
     def __post_init__(self) -> None:
         method = METHODS.get(self.method)
@@ -123,47 +115,75 @@ class BaselineConfig:
             raise SSTMError(f"merge method {self.method} is deterministic; --seed applies to random methods only")
         self.seed = (self.seed or 0) if method.stochastic else None
         self.w = check_weights(self.w)
+        load_layer_weights(self.layer_weights)  # a bad file fails here, before any work
 
 
 def baseline_merge(reg: Registry, cfg: BaselineConfig) -> list[Artifact]:
-    """One `merged` artifact per w (built or reused), in the order of `cfg.w`."""
+    """One `merged` artifact per w (built or reused), in the order of `cfg.w`.
+
+    Stored as a LoRA of rank r_u + r_s when the method has exact factors (task arithmetic), else as
+    a dense ΔW per module; diagnostics per module: ℓ, ‖ΔW‖_F and the effective strength.
+    """
     import torch
 
-    from sstm.adapters import load_pair, write_lora
+    from sstm.adapters import load_pair, module_type, write_lora
+    from sstm.merge import storage
 
     method, params, seed = METHODS[cfg.method], cfg.params, cfg.seed
     u, s, fu, fs = load_pair(reg, cfg.utility, cfg.safety)
+    ell = used_weights(load_layer_weights(cfg.layer_weights), fu.modules)
     rank = fu.rank + fs.rank
     dtype = torch.promote_types(torch.promote_types(fu.dtype, fs.dtype), torch.float32)
+    fmt, exact = storage.stored("lora" if method.factors is not None else "dense")
+
+    def factors(f, m: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return f.scale * f.B[m].to(dtype), f.A[m].to(dtype)
+
+    def merge_module(m: str, weights: torch.Tensor) -> tuple[Any, float, float | None]:
+        """(stored result, ‖ΔW‖_F, strength) of module m: factors (B, A) or the dense ΔW."""
+        if method.factors is not None:
+            (bu, au), fac_s = factors(fu, m), factors(fs, m)
+            B, A = method.factors([(bu, au), fac_s], weights, **params)
+            added = (torch.cat([B, -bu], dim=1), torch.cat([A, au], dim=0))  # ΔW − ΔW_u as factors
+            return (B, A), storage.lowrank_norm(B, A), storage.strength(added, fs, m)
+        deltas = [fu.delta(m, dtype), fs.delta(m, dtype)]
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The density .* no pruning")
+            if seed is not None:
+                torch.manual_seed(module_seed(seed, m))
+            merged = method(deltas, weights, **params)
+        return merged, float(merged.norm()), storage.strength(merged - deltas[0], fs, m)
 
     def build_for(w: float):
         def build(out: Path) -> dict:
-            A, B, diag = {}, {}, {}
-            weights = torch.tensor([1.0, w], dtype=dtype)
+            result, diag = {}, {}
             with progress(f"merge {cfg.method} w={w:g}", total=len(fu.modules), unit="modules") as advance:
                 for m in fu.modules:
-                    deltas = [fu.delta(m, dtype), fs.delta(m, dtype)]
-                    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message="The density .* no pruning")
-                        if seed is not None:
-                            torch.manual_seed(module_seed(seed, m))
-                        merged = method(deltas, weights, **params)
-                    B[m], A[m], err = truncated_lora(merged, rank)
-                    diag[m] = {"rel_truncation_error": err, "norm": float(merged.norm())}
+                    lw = ell[module_type(m)]
+                    result[m], norm, strength = merge_module(m, torch.tensor([1.0, w * lw], dtype=dtype))
+                    diag[m] = {"layer_weight": lw, "norm": norm, "strength": strength}
                     advance()
-            write_lora(out, fu.config, A, B, rank, dtype)
-            errs = [d["rel_truncation_error"] for d in diag.values()]
-            (out / DIAGNOSTICS).write_text(json.dumps({"method": cfg.method, "rank": rank, "modules": diag}, indent=1))
-            return {"svd_rel_error_max": max(errs), "svd_rel_error_mean": sum(errs) / len(errs)}
+            if method.factors is not None:
+                write_lora(out, fu.config, {m: r[1] for m, r in result.items()},
+                           {m: r[0] for m, r in result.items()}, rank, dtype)
+            else:
+                storage.write_dense(out, result, dtype)
+            doc = {"method": cfg.method, "w": w, "layer_weights": ell, **fmt, "modules": diag}
+            (out / DIAGNOSTICS).write_text(json.dumps(doc, indent=1))
+            return exact | storage.strength_metrics(d["strength"] for d in diag.values())
 
         return build
 
     arts = []
     for w in cfg.w:
-        p = {"method": cfg.method, "w": w, "weights": [1.0, w], **params, "rank": rank}
+        p = {"method": cfg.method, "w": w, **params, "layer_weights": ell, **fmt}
+        if method.factors is not None:
+            p["rank"] = rank
         if seed is not None:
             p["seed"] = seed
-        label = f"{cfg.method} w={w:g}" + "".join(f" {k}={v}" for k, v in params.items())
+        policy = policy_name(ell)
+        label = (f"{cfg.method} w={w:g}" + "".join(f" {k}={v}" for k, v in params.items())
+                 + ("" if policy == "default" else f" ℓ={policy}"))
         arts.append(reg.get_or_build("merged", p, {"base": u.inputs["base"], "utility": u, "safety": s},
                                      code_fingerprint(__name__), build_for(w), label=label, seed=seed))
     return arts

@@ -85,6 +85,11 @@ class Param:
 # Parameters shared by several methods: declared once, with their help and bounds.
 Density = Annotated[float, Param("Share of entries kept, in (0, 1].", gt=0, le=1)]
 SignMethod = Annotated[Literal["total", "frequency"], Param("Sign election: total (sum of values) or frequency (count).")]
+# Every method takes it (added by :func:`register`); its stage config loads it with
+# sstm.merge.layer_weights.load_layer_weights, and merges module m with weights [1, w·ℓ(m)].
+LAYER_WEIGHTS = Param("Layer weights ℓ: w·ℓ(module type) weighs the safety update. default (every method: lm_head 5, "
+                      "q/k/v/o 2, gate/up/down 1.5), uniform (all 1), or a JSON/YAML file {module_type: weight} "
+                      "over the defaults (docs/method.md §11).", type=str, name="layer_weights")
 
 
 @dataclass(frozen=True)
@@ -99,9 +104,17 @@ class MergeMethod:
     stage: str | None = None  # "module:function(reg, config) -> list[Artifact]"
     config: str | None = None  # "module:ConfigClass" of the stage
     needs: tuple[str, ...] = field(default=())  # what the stage computes besides the adapters, e.g. ("fisher",)
+    # per-module results that are exactly a LoRA: factors([(B_i, A_i)], weights, **params) -> (B, A) with
+    # B·A = fn([B_i·A_i], weights, **params); stored as a LoRA instead of a dense ΔW (sstm.merge.storage)
+    factors: Callable | None = None
 
     def __call__(self, deltas: list, weights: Any, **params) -> Any:
         return self.fn(deltas, weights, **params)
+
+    @property
+    def seeded(self) -> bool:
+        """Whether a seed means something: random masks (`stochastic`) or the rows of a data pass (`needs`)."""
+        return self.stochastic or bool(self.needs)
 
     def check_params(self, given: dict) -> dict:
         """The method's params: its defaults overridden by the given (non-None) values, each checked."""
@@ -112,14 +125,16 @@ class MergeMethod:
         out = {k: p.default for k, p in self.params.items() if p.default is not None}
         return out | {k: self.params[k].check(v) for k, v in given.items() if v is not None}
 
-    def make_config(self, utility: str, safety: str, w: Any = None, seed: int | None = None, **params):
-        """The stage config of a merge of `utility` and `safety` (validated by its ``__post_init__``)."""
+    def make_config(self, utility: str, safety: str, w: Any = None, seed: int | None = None,
+                    layer_weights: str | dict | None = None, **params):
+        """The stage config of a merge of `utility` and `safety` (validated by its ``__post_init__``);
+        `layer_weights` (a policy, file or mapping) is checked by the config's loader."""
         if self.stage is None:
             from sstm.merge.baselines import BaselineConfig
 
             return BaselineConfig(method=self.name, utility=utility, safety=safety, params=params, seed=seed,
-                                  **({} if w is None else {"w": w}))
-        given = self.check_params(params) | {"w": w, "seed": seed}
+                                  layer_weights=layer_weights, **({} if w is None else {"w": w}))
+        given = self.check_params(params) | {"w": w, "seed": seed, "layer_weights": layer_weights}
         return _resolve(self.config)(utility=utility, safety=safety, **{k: v for k, v in given.items() if v is not None})
 
     def merge(self, reg, config) -> list:
@@ -140,8 +155,10 @@ METHODS: dict[str, MergeMethod] = {}
 
 
 def register(method: MergeMethod) -> MergeMethod:
+    """Add `method` to METHODS, with the `layer_weights` parameter every method takes."""
     if method.name in METHODS:
         raise TypeError(f"merge method {method.name} is registered twice")
+    method = replace(method, params=method.params | {"layer_weights": LAYER_WEIGHTS})
     METHODS[method.name] = method
     return method
 
@@ -150,8 +167,8 @@ def _named(params: dict[str, Param]) -> dict[str, Param]:
     return {k: replace(p, name=k) for k, p in params.items()}
 
 
-def merge_method(name: str, *, stochastic: bool = False) -> Callable[[Callable], Callable]:
-    """Register `fn(deltas, weights, **params)` as the per-module merge method `name`."""
+def merge_method(name: str, *, stochastic: bool = False, factors: Callable | None = None) -> Callable[[Callable], Callable]:
+    """Register `fn(deltas, weights, **params)` as the per-module merge method `name` (`factors`: see MergeMethod)."""
 
     def deco(fn: Callable) -> Callable:
         sig = list(inspect.signature(fn).parameters.values())
@@ -169,7 +186,7 @@ def merge_method(name: str, *, stochastic: bool = False) -> Callable[[Callable],
             typ = type(choices[0]) if choices else base
             params[p.name] = replace(meta[0], name=p.name, type=typ, default=p.default, choices=choices)
         doc = (inspect.getdoc(fn) or name).splitlines()[0]
-        register(MergeMethod(name, doc, params, fn=fn, stochastic=stochastic))
+        register(MergeMethod(name, doc, params, fn=fn, stochastic=stochastic, factors=factors))
         return fn
 
     return deco
@@ -186,6 +203,23 @@ def check_weights(ws) -> list[float]:
     return list(dict.fromkeys(ws))
 
 
+# SST-Merge's subspaces and projectors (sstm/merge/sst.py BASES, PROJECTORS; docs/method.md §10): the first is
+# the default. Here, import-light, so that the CLI lists them and `compare` names the non-default ones.
+SST_BASES = ("gevp", "random", "safety", "utility-null")
+SST_PROJECTORS = ("fisher", "euclidean")
+
+# The data pass of a method that weighs each adapter by a statistic on that adapter's own data (SST-Merge's
+# Fishers, RegMean's Gram matrices, Fisher merging's diagonal Fishers); defaults: FisherConfig's.
+DATA_PARAMS = {
+    "samples": Param("Rows of each adapter's data (Fisher rows per role).", type=int),
+    "batch_size": Param("Batch size of the data pass.", type=int),
+    "max_len": Param("Token budget per example.", type=int),
+    "utility_data": Param("Dataset id for the utility adapter's pass (default: its training data).", type=str),
+    "safety_data": Param("Dataset id for the safety adapter's pass (default: its training data).", type=str),
+    "device": Param("cpu, cuda, cuda:N or auto.", type=str),
+    "dtype": Param("Model dtype of the data pass: float32, bfloat16 or float16.", type=str),
+}
+
 # SST-Merge (sstm/merge/sst.py) needs the two Fishers, so it builds through its stage; its
 # defaults and checks are SSTConfig's (the Fisher's: FisherConfig's), so these declare type and help only.
 register(MergeMethod(
@@ -195,14 +229,52 @@ register(MergeMethod(
         "k": Param("Safety directions kept (1..r², at most the Fisher rows); a comma list runs a sweep.",
                    sweep=True, type=int),
         "damping": Param("δ = damping·tr(F_u)/r²."),
-        "layer_weights": Param("JSON/YAML file {module_type: weight} over the default layer weights.", type=str),
-        "samples": Param("Fisher rows per role.", type=int),
-        "batch_size": Param("Fisher batch size.", type=int),
-        "max_len": Param("Token budget per Fisher example.", type=int),
-        "utility_data": Param("Dataset id for F_u (default: the utility adapter's training data).", type=str),
-        "safety_data": Param("Dataset id for F_s (default: the safety adapter's training data).", type=str),
-        "device": Param("cpu, cuda, cuda:N or auto.", type=str),
-        "dtype": Param("Model dtype of the Fisher passes: float32, bfloat16 or float16.", type=str),
+        **DATA_PARAMS,
+        "basis": Param("Subspace: gevp (default), or a control: random (seeded, same metric), safety (top-k of F_s "
+                       "alone), utility-null (least F_u alone).", type=str, choices=SST_BASES),
+        "projector": Param("fisher (default: orthogonal in F_u + δI, can enlarge the update) or euclidean "
+                           "(orthogonal projector onto the subspace, never enlarges it).", type=str,
+                           choices=SST_PROJECTORS),
+        "basis_seed": Param("Seed of the random and utility-null bases' draws.", type=int),
+        "structure": Param("Fishers: full (r²×r² per module) or kfac (two r×r Kronecker factors, O(r²) memory; "
+                           "docs/scale.md).", type=str, choices=("full", "kfac")),
     }),
     stage="sstm.merge.sst:sst_merge", config="sstm.merge.sst:SSTConfig", needs=("fisher",),
+))
+
+
+# The published peers of docs/method.md §13 (sstm/merge/safe_lora.py, safemerge.py, regmean.py, fisher_avg.py;
+# RESTA is per-module, sstm/merge/resta.py). Defaults and checks are their configs'; these declare type and help.
+_GATE = {
+    "select": Param("Modules gated by ρ = cos(C·ΔW_u, ΔW_u): number (the share of lowest ρ) or threshold "
+                    "(ρ <= τ).", type=str, choices=("number", "threshold")),
+    "share": Param("Number mode: share of the modules gated.", gt=0, le=1),
+    "threshold": Param("Threshold mode: τ.", ge=-1, le=1),
+    "aligned": Param("Aligned model (a --model spec or base id); with --unaligned, V = W_aligned − W_unaligned "
+                     "(default: V = ΔW_s of the safety adapter).", type=str),
+    "unaligned": Param("Unaligned model (a --model spec or base id), e.g. the aligned model's base.", type=str),
+}
+register(MergeMethod(
+    "safe-lora", "Safe LoRA (Hsu et al. 2024): project the utility update onto C = V·Vᵀ/‖V‖ in the modules "
+    "where it strays most from the aligned subspace V.", _named(_GATE),
+    stage="sstm.merge.safe_lora:safe_lora_merge", config="sstm.merge.safe_lora:SafeLoRAConfig",
+))
+register(MergeMethod(
+    "safemerge", "SafeMERGE (Djuhera et al. 2025): Safe LoRA's gate; gated modules get (1−α)·ΔW_u + α·w·ΔW_s.",
+    _named(_GATE | {"alpha": Param("Share of the safety update in the gated modules.", ge=0, le=1)}),
+    stage="sstm.merge.safemerge:safemerge_merge", config="sstm.merge.safemerge:SafeMergeConfig",
+))
+register(MergeMethod(
+    "regmean", "RegMean (Jin et al. 2023): per module, the least-squares merge on both adapters' input Gram matrices.",
+    _named(DATA_PARAMS | {"alpha": Param("Off-diagonal shrink: G ← α·G + (1−α)·diag(G).", ge=0, le=1)}),
+    stage="sstm.merge.regmean:regmean_merge", config="sstm.merge.regmean:RegMeanConfig", needs=("gram",),
+))
+register(MergeMethod(
+    "fisher-avg", "Fisher merging (Matena & Raffel 2022): per entry, the diagonal-Fisher-weighted mean of both "
+    "updates (stored dense).",
+    _named(DATA_PARAMS | {"floor": Param("ε: F_u ← max(F_u, ε).", gt=0),
+                    "normalize": Param("Weigh each Fisher by 1/‖F‖ (l2) or not (none).", type=str,
+                                       choices=("l2", "none"))}),
+    stage="sstm.merge.fisher_avg:fisher_avg_merge", config="sstm.merge.fisher_avg:FisherAvgConfig",
+    needs=("diagonal fisher",),
 ))

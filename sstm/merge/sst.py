@@ -16,6 +16,11 @@ adapter's core coordinates (see :mod:`sstm.fisher`) and M_s = Q_Bᵀ ΔW_s Q_A:
    gate/up/down 1.5), stored exactly as one LoRA of rank r_u + r_s:
    B = [s_u·B_u, w·ℓ·Q_B·M_proj],  A = [A_u; Q_Aᵀ],  lora_alpha = r (scale 1).
 
+Controls (docs/method.md §10): ``--basis`` replaces the GEVP's V by a seeded random
+metric-orthonormal basis, the eigenvectors of F_s alone or those of least F_u alone
+(:data:`BASES`); ``--projector euclidean`` replaces P by the Euclidean orthogonal
+projector Q Qᵀ onto span(V_k), Q = orth(V_k), which never enlarges M_s (:data:`PROJECTORS`).
+
 Both Fishers come from the registry (same inputs -> cache hit); a sweep over
 k and w solves each module's GEVP once and reuses it for every point.
 """
@@ -24,10 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import scipy.linalg
@@ -35,18 +40,15 @@ import torch
 
 from sstm.adapters import load_pair, module_type, write_lora
 from sstm.errors import SSTMError
-from sstm.fisher import FisherConfig, core_bases, core_coords, fisher, load_fisher
-from sstm.merge.methods import check_weights
+from sstm.fisher import FisherConfig, check_structure, core_bases, core_coords, fisher, load_fisher
+from sstm.merge.baselines import module_seed
+from sstm.merge.layer_weights import DEFAULT_LAYER_WEIGHTS, load_layer_weights  # noqa: F401 (re-exported)
+from sstm.merge import storage
+from sstm.merge.methods import SST_BASES, SST_PROJECTORS, check_weights
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import progress, warn
 
 DIAGNOSTICS = "diagnostics.json"
-DEFAULT_LAYER_WEIGHTS = {
-    "lm_head": 5.0,
-    "q_proj": 2.0, "k_proj": 2.0, "v_proj": 2.0, "o_proj": 2.0,
-    "gate_proj": 1.5, "up_proj": 1.5, "down_proj": 1.5,
-    "default": 1.0,  # any other module type
-}
 # Two eigenvalues closer than SEPARATION_RTOL·max|λ| are tied (docs/method.md §3, "Ties"). Measured on
 # synthetic Fishers of 32 and 128 rows (r² = 256): the solver's rounding is ~1e-15 of λ_max and the zero
 # eigenvalues of a float32-stored Fisher stay within 1e-8 of it, while the eigenvalues the rows separate
@@ -74,6 +76,10 @@ class SSTConfig:
     seed: int = 0
     device: str | None = None
     dtype: str = FisherConfig.dtype
+    basis: str = SST_BASES[0]  # gevp, or a control (docs/method.md §10)
+    projector: str = SST_PROJECTORS[0]  # fisher (F_u + δI metric) or euclidean
+    basis_seed: int = 0  # the random draws of the random and utility-null bases
+    structure: str = FisherConfig.structure  # full, or kfac: Kronecker-factored Fishers (sstm/merge/kfac.py)
 
     def __post_init__(self) -> None:
         ks = [self.k] if isinstance(self.k, numbers.Integral) else list(self.k)
@@ -86,6 +92,11 @@ class SSTConfig:
             raise SSTMError(f"--damping {self.damping}: must be > 0")
         if self.samples < 1:
             raise SSTMError(f"--samples {self.samples}: must be at least 1")
+        for flag, value, names in (("--basis", self.basis, BASES), ("--projector", self.projector, PROJECTORS)):
+            if value not in names:
+                raise SSTMError(f"{flag} {value}: expected one of {', '.join(names)}")
+        if check_structure(self.structure) == "kfac" and (self.basis, self.projector) != (SST_BASES[0], SST_PROJECTORS[0]):
+            raise SSTMError(f"--structure kfac supports --basis {SST_BASES[0]} --projector {SST_PROJECTORS[0]} only")
         self.k = list(dict.fromkeys(int(k) for k in ks))  # Python ints: they become artifact params
         self.w = check_weights(self.w)
 
@@ -94,34 +105,49 @@ class SSTConfig:
 
 
 @dataclass(frozen=True)
-class Gevp:
-    """Solution of F_s v = λ(F_u + δI)v, eigenpairs sorted by decreasing λ."""
+class Basis:
+    """A module's candidate directions, most preferred first: V (r²×r², Vᵀ(F_u + δI)V = I), and `lam`, the
+    decreasing spectrum that orders them (the GEVP's λ for the default basis; docs/method.md §3, §10).
 
-    lam: np.ndarray  # (r²,)
-    V: np.ndarray  # (r², r²), Vᵀ·metric·V = I
+    With a spectrum, k is cut down to a gap of it (:func:`separated_k`); without one (`lam` None: the
+    random and utility-null bases, whose order is seeded inside ties) any k is taken as asked, up to r².
+    """
+
+    lam: np.ndarray | None  # (r²,)
+    V: np.ndarray  # (r², r²)
     metric: np.ndarray  # F_u + δI
     delta: float
 
     @property
     def tie_tol(self) -> float:
         """SEPARATION_RTOL·max|λ|: eigenvalues closer than this are tied."""
-        return SEPARATION_RTOL * float(np.abs(self.lam).max(initial=0.0))
+        return 0.0 if self.lam is None else SEPARATION_RTOL * float(np.abs(self.lam).max(initial=0.0))
 
     def separated_k(self, k: int) -> int:
+        if self.lam is None:
+            return min(k, self.V.shape[1])
         return separated_k(self.lam, k, self.tie_tol)
 
 
-def solve_gevp(F_u: np.ndarray, F_s: np.ndarray, damping: float, where: str = "") -> Gevp:
-    """F_s v = λ (F_u + δI) v with δ = damping·tr(F_u)/r² (δ = damping if tr(F_u) = 0)."""
+Gevp = Basis  # the default basis: the GEVP's (tests/test_reproducible.py builds one directly)
+
+
+def damped_metric(F_u: np.ndarray, damping: float) -> tuple[np.ndarray, float]:
+    """(F_u + δI, δ) with δ = damping·tr(F_u)/r² (δ = damping if tr(F_u) = 0)."""
     n = F_u.shape[0]
     tr = float(np.trace(F_u))
     delta = damping * tr / n if tr > 0 else damping
-    metric = F_u + delta * np.eye(n)
+    return F_u + delta * np.eye(n), delta
+
+
+def solve_gevp(F_u: np.ndarray, F_s: np.ndarray, damping: float, where: str = "") -> Basis:
+    """F_s v = λ (F_u + δI) v, eigenpairs sorted by decreasing λ."""
+    metric, delta = damped_metric(F_u, damping)
     try:
         lam, V = scipy.linalg.eigh(F_s, metric, driver=_EIGH_DRIVER)
     except (np.linalg.LinAlgError, ValueError) as e:
         raise SSTMError(f"GEVP failed{' for ' + where if where else ''}: {e}") from None
-    return Gevp(lam[::-1].copy(), V[:, ::-1].copy(), metric, delta)
+    return Basis(lam[::-1].copy(), V[:, ::-1].copy(), metric, delta)
 
 
 def separated_k(lam: np.ndarray, k: int, tol: float) -> int:
@@ -141,46 +167,93 @@ def separated_k(lam: np.ndarray, k: int, tol: float) -> int:
     return int(gaps[-1]) + 1 if gaps.size else 0
 
 
-def projector(g: Gevp, k: int) -> np.ndarray:
-    """P = V_k V_kᵀ (F_u + δI): the F_u-metric projector onto the top-k eigenvectors."""
-    Vk = g.V[:, :k]
-    return Vk @ (Vk.T @ g.metric)
+def metric_orthonormal(B: np.ndarray, metric: np.ndarray) -> np.ndarray:
+    """V = B·L⁻ᵀ with L Lᵀ = Bᵀ·metric·B (Cholesky): Vᵀ·metric·V = I, and the first j columns of V span
+    those of B for every j (metric Gram–Schmidt), so a cut at k keeps span(B[:, :k])."""
+    L = scipy.linalg.cholesky(B.T @ metric @ B, lower=True)
+    return scipy.linalg.solve_triangular(L, B.T, lower=True).T
 
 
-def project(g: Gevp, m: np.ndarray, k: int) -> np.ndarray:
+def seeded_in_ties(mu: np.ndarray, U: np.ndarray, tol: float, rng: np.random.Generator) -> np.ndarray:
+    """U with the columns of every block of tied eigenvalues (neighbours closer than `tol`) replaced by a
+    seeded random orthonormal basis of the block: QR of P_block·G, G Gaussian (n × block size) from `rng`.
+    P_block = U_b U_bᵀ is fixed by the spectrum (a block ends at a gap) whatever basis U_b the solver
+    returned, so the result is a function of the matrix and the seed."""
+    U = U.copy()
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(mu) > tol) + 1, [mu.size]])
+    for a, b in zip(starts[:-1], starts[1:]):
+        if b - a > 1:
+            Ub = U[:, a:b]
+            U[:, a:b] = np.linalg.qr(Ub @ (Ub.T @ rng.standard_normal((U.shape[0], b - a))))[0]
+    return U
+
+
+@dataclass(frozen=True)
+class BasisRule:
+    """How one `--basis` builds a module's Basis from (F_u, F_s, damping, rng, where)."""
+
+    build: Callable[..., Basis]
+    seeded: bool  # draws from rng (a seeded per-module generator): `basis_seed` is an artifact param
+
+
+def _gevp_basis(F_u, F_s, damping, rng, where) -> Basis:
+    """The GEVP (docs/method.md §3): most safety Fisher per unit of damped utility Fisher first."""
+    return solve_gevp(F_u, F_s, damping, where)
+
+
+def _random_basis(F_u, F_s, damping, rng, where) -> Basis:
+    """A seeded random subspace: Gaussian columns, orthonormalized in the metric F_u + δI."""
+    metric, delta = damped_metric(F_u, damping)
+    return Basis(None, metric_orthonormal(rng.standard_normal(metric.shape), metric), metric, delta)
+
+
+def _safety_basis(F_u, F_s, damping, rng, where) -> Basis:
+    """The eigenvectors of F_s alone, largest eigenvalue first; k cut to a gap of that spectrum."""
+    metric, delta = damped_metric(F_u, damping)
+    mu, U = scipy.linalg.eigh(F_s)
+    return Basis(mu[::-1].copy(), metric_orthonormal(U[:, ::-1], metric), metric, delta)
+
+
+def _utility_null_basis(F_u, F_s, damping, rng, where) -> Basis:
+    """The eigenvectors of F_u alone, smallest eigenvalue first, in a seeded order inside ties (the ≥ r² − N_u
+    zero eigenvalues): all of them are equally "least F_u", so k is taken as asked."""
+    metric, delta = damped_metric(F_u, damping)
+    mu, U = scipy.linalg.eigh(F_u)
+    tol = SEPARATION_RTOL * float(np.abs(mu).max(initial=0.0))
+    return Basis(None, metric_orthonormal(seeded_in_ties(mu, U, tol, rng), metric), metric, delta)
+
+
+# `--basis`: the GEVP and the controls of docs/method.md §10; names and order as SST_BASES (the CLI's choices)
+BASES = {"gevp": BasisRule(_gevp_basis, seeded=False), "random": BasisRule(_random_basis, seeded=True),
+         "safety": BasisRule(_safety_basis, seeded=False),
+         "utility-null": BasisRule(_utility_null_basis, seeded=True)}
+
+
+def _fisher_projection(Vk: np.ndarray, metric: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """V_k V_kᵀ(F_u + δI)·x: orthogonal in the F_u + δI metric (Vᵀ(F_u+δI)V = I); can enlarge ‖x‖."""
+    return Vk @ (Vk.T @ (metric @ x))
+
+
+def _euclidean_projection(Vk: np.ndarray, metric: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Q Qᵀ·x with Q = orth(V_k) (QR): the Euclidean orthogonal projector V(VᵀV)⁻¹Vᵀ, ‖Q Qᵀ x‖ ≤ ‖x‖."""
+    Q = np.linalg.qr(Vk)[0]
+    return Q @ (Q.T @ x)
+
+
+# `--projector`: names and order as SST_PROJECTORS (the CLI's choices)
+PROJECTORS = {"fisher": _fisher_projection, "euclidean": _euclidean_projection}
+
+
+def projector(g: Basis, k: int, kind: str = "fisher") -> np.ndarray:
+    """P onto the span of the first k directions: V_k V_kᵀ (F_u + δI) ("fisher") or Q Qᵀ ("euclidean")."""
+    return PROJECTORS[kind](g.V[:, :k], g.metric, np.eye(g.V.shape[0]))
+
+
+def project(g: Basis, m: np.ndarray, k: int, kind: str = "fisher") -> np.ndarray:
     """unvec(P·vec(M)) for an r×r core matrix M (row-major vec), without forming P."""
-    Vk = g.V[:, :k]
-    return (Vk @ (Vk.T @ (g.metric @ m.reshape(-1)))).reshape(m.shape)
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def load_layer_weights(spec: str | dict | None) -> dict[str, float]:
-    """DEFAULT_LAYER_WEIGHTS overridden by a mapping or a JSON/YAML file {module_type: weight}."""
-    if spec is None:
-        return dict(DEFAULT_LAYER_WEIGHTS)
-    if isinstance(spec, dict):
-        given, where = spec, "layer weights"
-    else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise SSTMError(f"--layer-weights {spec}: no such file")
-        import yaml  # YAML is a superset of JSON
-
-        try:
-            given = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise SSTMError(f"--layer-weights {spec}: not valid JSON/YAML ({str(e).splitlines()[0]})") from None
-        where = f"--layer-weights {spec}"
-    if not isinstance(given, dict):
-        raise SSTMError(f"{where}: expected a mapping module_type -> weight (e.g. q_proj: 2.0)")
-    out = dict(DEFAULT_LAYER_WEIGHTS)
-    for key, value in given.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise SSTMError(f"{where}: weight of {key} must be a number >= 0, got {value!r}")
-        out[str(key)] = float(value)
-    return out
+    if not isinstance(g, Basis):  # a factored GEVP (sstm.merge.kfac.KronGevp) projects itself in O(r³)
+        return g.project(m, k)
+    return PROJECTORS[kind](g.V[:, :k], g.metric, m.reshape(-1)).reshape(m.shape)
 
 
 # --------------------------------------------------------------------------- stage
@@ -204,20 +277,30 @@ def single_threaded():
         torch.set_num_threads(n)
 
 
-def _prepare(lora_s, F_u: dict, F_s: dict, damping: float) -> dict:
-    """Per module: Q_B, Q_A, M_s (float64, numpy), both Fishers and the GEVP; done once per sweep."""
+def _prepare(lora_s, F_u: dict, F_s: dict, damping: float, basis: str, seed: int, structure: str = "full") -> dict:
+    """Per module: Q_B, Q_A, M_s (float64, numpy), both Fishers and the basis (the GEVP by default, a seeded
+    generator per module for the random draws); done once per sweep."""
     bases = core_bases(lora_s)
     if set(F_u) != set(lora_s.modules) or set(F_s) != set(lora_s.modules):
         raise SSTMError("the Fishers do not cover the adapters' target modules")
     prep = {}
-    with progress("GEVP", total=len(lora_s.modules), unit="modules") as advance:
+    rule = BASES[basis]
+    with progress("GEVP" if basis == SST_BASES[0] else f"{basis} basis", total=len(lora_s.modules),
+                  unit="modules") as advance:
         for m in lora_s.modules:
             F_u_m, F_s_m = F_u[m].numpy(), F_s[m].numpy()
             if not (np.isfinite(F_u_m).all() and np.isfinite(F_s_m).all()):
                 raise SSTMError(f"the Fisher of module {m} has non-finite entries")
             QB, QA = bases[m]
+            if structure == "kfac":  # two r×r factors per module: two r×r GEVPs (docs/scale.md)
+                from sstm.merge.kfac import Kron, solve_kron_gevp  # lazy: kfac imports this module
+
+                F_u_m, F_s_m = Kron.of(F_u_m), Kron.of(F_s_m)
+                g = solve_kron_gevp(F_u_m, F_s_m, damping, m)
+            else:
+                g = rule.build(F_u_m, F_s_m, damping, np.random.default_rng(module_seed(seed, m)), m)
             prep[m] = {"QB": QB, "QA": QA, "Ms": core_coords(lora_s, m, QB, QA).numpy(), "F_u": F_u_m,
-                       "F_s": F_s_m, "gevp": solve_gevp(F_u_m, F_s_m, damping, where=m)}
+                       "F_s": F_s_m, "basis": g}
             advance()
     return prep
 
@@ -227,19 +310,24 @@ def _share(num: float, den: float) -> float | None:
 
 
 def _module_diagnostics(p: dict, mp: np.ndarray, k_eff: int) -> dict:
-    """Spectrum summary (λ tied with 0 reported as 0), the cut, and how much of M_s survives the projection."""
-    g, ms, v, vp = p["gevp"], p["Ms"], p["Ms"].reshape(-1), mp.reshape(-1)
-    lam = np.where(np.abs(g.lam) <= g.tie_tol, 0.0, g.lam)
-    return {
+    """Spectrum summary (λ tied with 0 reported as 0; none for a basis without one), the cut, and how much of
+    M_s survives the projection."""
+    g, ms, v, vp = p["basis"], p["Ms"], p["Ms"].reshape(-1), mp.reshape(-1)
+    kept = {
         "delta": g.delta, "k_effective": k_eff,
+        "norm_kept": _share(float(np.linalg.norm(mp)), float(np.linalg.norm(ms))),
+        "safety_fisher_kept": _share(float(vp @ p["F_s"] @ vp), float(v @ p["F_s"] @ v)),
+        "utility_fisher_kept": _share(float(vp @ p["F_u"] @ vp), float(v @ p["F_u"] @ v)),
+    }
+    if g.lam is None:
+        return kept
+    lam = np.where(np.abs(g.lam) <= g.tie_tol, 0.0, g.lam)
+    return kept | {
         "lambda_max": float(lam[0]), "lambda_k": float(lam[k_eff - 1]) if k_eff else None,
         "lambda_next": float(lam[k_eff]) if k_eff < lam.size else None,
         "lambda_median": float(np.median(lam)), "lambda_min": float(lam[-1]),
         "lambda_top": [float(x) for x in lam[: min(8, lam.size)]],
         "lambda_topk_share": _share(float(np.clip(lam[:k_eff], 0, None).sum()), float(np.clip(lam, 0, None).sum())),
-        "norm_kept": _share(float(np.linalg.norm(mp)), float(np.linalg.norm(ms))),
-        "safety_fisher_kept": _share(float(vp @ p["F_s"] @ vp), float(v @ p["F_s"] @ v)),
-        "utility_fisher_kept": _share(float(vp @ p["F_u"] @ vp), float(v @ p["F_u"] @ v)),
     }
 
 
@@ -278,7 +366,7 @@ def sst_merge(reg: Registry, cfg: SSTConfig) -> list[Artifact]:
     types = sorted({module_type(m) for m in lora_s.modules})
     used = {t: lw.get(t, lw["default"]) for t in types}
     common = dict(samples=cfg.samples, batch_size=cfg.batch_size, max_len=cfg.max_len, seed=cfg.seed,
-                  device=cfg.device, dtype=cfg.dtype)
+                  device=cfg.device, dtype=cfg.dtype, structure=cfg.structure)
     fisher_u = fisher(reg, FisherConfig(adapter=utility.id, role="utility", basis=safety.id, data=cfg.utility_data,
                                         **common))
     fisher_s = fisher(reg, FisherConfig(adapter=safety.id, role="safety", basis=safety.id, data=cfg.safety_data,
@@ -291,7 +379,8 @@ def sst_merge(reg: Registry, cfg: SSTConfig) -> list[Artifact]:
     def prepared() -> dict:
         if not state:
             with single_threaded():
-                state.update(_prepare(lora_s, load_fisher(fisher_u), load_fisher(fisher_s), cfg.damping))
+                state.update(_prepare(lora_s, load_fisher(fisher_u), load_fisher(fisher_s), cfg.damping, cfg.basis,
+                                      cfg.basis_seed, cfg.structure))
         return state
 
     def build_for(k: int, w: float):
@@ -300,29 +389,37 @@ def sst_merge(reg: Registry, cfg: SSTConfig) -> list[Artifact]:
             prep = prepared()
             with single_threaded():
                 for m, p in prep.items():
-                    k_eff = p["gevp"].separated_k(k)
-                    mp = project(p["gevp"], p["Ms"], k_eff)
+                    k_eff = p["basis"].separated_k(k)
+                    mp = project(p["basis"], p["Ms"], k_eff, cfg.projector)
                     ell = used[module_type(m)]
                     safety_B = w * ell * (p["QB"] @ torch.from_numpy(mp))
                     B[m] = torch.cat([lora_u.scale * lora_u.B[m].to(torch.float64), safety_B], dim=1)
                     A[m] = torch.cat([lora_u.A[m].to(torch.float64), p["QA"].T], dim=0)
-                    diag[m] = {"layer_weight": ell, **_module_diagnostics(p, mp, k_eff)}
+                    diag[m] = {"layer_weight": ell, **_module_diagnostics(p, mp, k_eff),
+                               "strength": storage.strength((safety_B, p["QA"].T), lora_s, m)}
             write_lora(out, lora_u.config, A, B, rank, torch.promote_types(lora_u.dtype, torch.float32))
             summary = k_summary(k, [d["k_effective"] for d in diag.values()])
-            doc = {"method": "sst", "k": k, "k_effective": summary, "separation_rtol": SEPARATION_RTOL, "w": w,
+            doc = {"method": "sst", **variant, "k": k, "k_effective": summary, "separation_rtol": SEPARATION_RTOL, "w": w,
                    "r": lora_s.rank, "rank": rank, "damping": cfg.damping, "layer_weights": used, "modules": diag}
             (out / DIAGNOSTICS).write_text(json.dumps(doc, indent=1))
-            return _metrics(diag, summary)
+            return _metrics(diag, summary) | exact | storage.strength_metrics(d["strength"] for d in diag.values())
 
         return build
 
+    # the subspace and projector (docs/method.md §10); the seed only where the basis draws from it
+    variant = {"basis": cfg.basis, "projector": cfg.projector, "structure": cfg.structure} | (
+        {"basis_seed": cfg.basis_seed} if BASES[cfg.basis].seeded else {})
+    named = "".join(f" {v}" for v, default in ((cfg.basis, SST_BASES[0]), (cfg.projector, SST_PROJECTORS[0]))
+                    if v != default) + (f" seed={cfg.basis_seed}" if "basis_seed" in variant else "") + (
+        f" {cfg.structure}" if cfg.structure != FisherConfig.structure else "")
+    fmt, exact = storage.stored("lora")  # SST's result is exactly a LoRA of rank r_u + k'
     arts = []
     inputs = {"base": utility.inputs["base"], "utility": utility, "safety": safety, "fisher_utility": fisher_u,
               "fisher_safety": fisher_s}
     for k in ks:
         for w in cfg.w:
-            params = {"method": "sst", "k": k, "w": w, "damping": cfg.damping, "layer_weights": used,
-                      "samples": cfg.samples, "fisher_samples_used": used_rows, "rank": rank}
+            params = {"method": "sst", **variant, "k": k, "w": w, "damping": cfg.damping, "layer_weights": used,
+                      "samples": cfg.samples, "fisher_samples_used": used_rows, "rank": rank} | fmt
             arts.append(reg.get_or_build("merged", params, inputs, code_fingerprint(__name__), build_for(k, w),
-                                         label=f"sst k={k} w={w:g} n={cfg.samples}", seed=cfg.seed))
+                                         label=f"sst{named} k={k} w={w:g} n={cfg.samples}", seed=cfg.seed))
     return arts

@@ -1,0 +1,106 @@
+"""Mix and size of the embedded safety training data, chosen on the calibration split.
+
+For each setting (training rows, benign share, epochs) a safety adapter is trained on the
+embedded data at the quick preset's other settings (max_len, lr), then evaluated on the
+*calibration* rows only (``sstm.data.safety.calibration_data``: ``safety/calib``, each
+request bare and wrapped, and ``benign/calib``): refusal on direct and on wrapped harmful
+requests and over-refusal on benign prompts (per category too), with Wilson 95 %
+intervals, judged by the default judge. With ``--before ID`` an existing safety adapter
+(trained on the earlier data) is evaluated on the same rows as a reference. The test
+parts (``safety/eval``, ``benign/eval``) are not touched, so they stay unbiased for the
+reported results.
+
+    OMP_NUM_THREADS=1 SSTM_HOME=... .venv/bin/python bench/sweep_safety.py [--samples 32] [--before ID]
+
+Prints a table and writes bench/results/sweep_safety.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from _common import ROOT, write_result
+
+from sstm.data.safety import calibration_data
+from sstm.evaluate import EvalConfig, evaluate
+from sstm.evaluate.record import read_samples
+from sstm.models import resolve_base
+from sstm.presets import QUICK
+from sstm.registry import Registry, default_home
+from sstm.stats import wilson_ci
+from sstm.train import TrainConfig, base_tokenizer, train
+
+
+@dataclass(frozen=True)
+class Setting:
+    samples: int  # training rows (refusals + benign)
+    benign_fraction: float
+    epochs: float
+
+
+GRID = (Setting(48, 0.25, 1), Setting(48, 0.5, 1), Setting(96, 0.25, 1), Setting(48, 0.5, 2))
+
+
+def rate(scores: list[float]) -> dict:
+    p, lo, hi = wilson_ci(scores)
+    return {"n": len(scores), "rate": p, "wilson95": [lo, hi]}
+
+
+def measure(reg: Registry, model: str, data: dict, samples: int) -> dict:
+    """Refusal on the calibration harmful rows (direct, wrapped) and over-refusal on the benign ones."""
+    ev = {a.params["suite"]: a for a in evaluate(reg, EvalConfig(
+        model=model, suites=("jailbreak", "overrefusal"), samples=samples, data=data,
+        max_new_tokens=QUICK.eval["max_new_tokens"], max_context_tokens=QUICK.eval["max_context_tokens"],
+        device="cpu"))}
+    jb, br = read_samples(ev["jailbreak"]), read_samples(ev["overrefusal"])
+    by_cat: dict[str, list[float]] = {}
+    for r in br:
+        by_cat.setdefault(r["category"], []).append(r["score"])
+    return {"refusal_direct": rate([r["score"] for r in jb if r["wrapped"] is False]),
+            "refusal_wrapped": rate([r["score"] for r in jb if r["wrapped"] is True]),
+            "overrefusal": rate([r["score"] for r in br]),
+            "overrefusal_by_category": {c: rate(v) for c, v in by_cat.items()},
+            "evals": {k: a.id for k, a in ev.items()}}
+
+
+def fmt(m: dict) -> str:
+    return f"{100 * m['rate']:5.1f} ({100 * m['wilson95'][0]:.0f}-{100 * m['wilson95'][1]:.0f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=32, help="calibration rows per suite")
+    ap.add_argument("--before", help="an existing safety adapter id to evaluate on the same rows")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sweep_safety.json")
+    args = ap.parse_args()
+    reg = Registry(default_home())
+    base = resolve_base(reg, "smollm2-135m")
+    data = calibration_data(reg, QUICK.eval["max_context_tokens"], base_tokenizer(base))
+    runs = []
+    if args.before:
+        runs.append({"setting": "before", "adapter": reg.get(args.before, kind="adapter").id,
+                     **measure(reg, args.before, data, args.samples)})
+    for s in GRID:
+        t0 = time.perf_counter()
+        cfg = TrainConfig(role="safety", max_len=QUICK.train["max_len"], lr=QUICK.train["lr"], device="cpu",
+                          samples=s.samples, benign_fraction=s.benign_fraction, epochs=s.epochs)
+        adapter = train(reg, cfg)
+        runs.append({"setting": asdict(s), "adapter": adapter.id, "train_seconds": round(time.perf_counter() - t0, 1),
+                     **measure(reg, adapter.id, data, args.samples)})
+        print(f"{s}: direct {fmt(runs[-1]['refusal_direct'])}  wrapped {fmt(runs[-1]['refusal_wrapped'])}  "
+              f"over-refusal {fmt(runs[-1]['overrefusal'])}", flush=True)
+    print(f"{'setting':<34} {'refusal direct':>16} {'refusal wrapped':>16} {'over-refusal':>16}")
+    for r in runs:
+        s = r["setting"]
+        name = s if isinstance(s, str) else f"rows {s['samples']}, benign {s['benign_fraction']}, epochs {s['epochs']:g}"
+        print(f"{name:<34} {fmt(r['refusal_direct']):>16} {fmt(r['refusal_wrapped']):>16} {fmt(r['overrefusal']):>16}")
+    write_result({"split": "calibration", "data": {k: a.id for k, a in data.items()}, "samples_per_suite": args.samples,
+                  "quick": {"train": dict(QUICK.train), "eval_max_new_tokens": QUICK.eval["max_new_tokens"]},
+                  "judge": "opening-v1", "runs": runs}, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Layer weights ℓ: one per module type, multiplying the safety weight w of every merge (docs/method.md §11).
+
+Every method merges the task tensors of module m with weights [1, w·ℓ(m)]: SST-Merge scales its
+projected safety update by w·ℓ(m), task arithmetic, TIES, DARE and the others scale ΔW_s by it. The
+default policy is :data:`DEFAULT_LAYER_WEIGHTS` for every method; ``uniform`` (ℓ = 1 everywhere)
+turns layer weighting off; a JSON/YAML file {module_type: weight} updates the defaults key by key.
+A merge records the weights it used for the module types present (:func:`used_weights`) as its
+``layer_weights`` param, so its id says what was applied.
+
+Import-light (no torch): the CLI reads it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import MappingProxyType
+
+from sstm.errors import SSTMError
+
+DEFAULT_LAYER_WEIGHTS = MappingProxyType({
+    "lm_head": 5.0,
+    "q_proj": 2.0, "k_proj": 2.0, "v_proj": 2.0, "o_proj": 2.0,
+    "gate_proj": 1.5, "up_proj": 1.5, "down_proj": 1.5,
+    "default": 1.0,  # any other module type
+})
+# Named policies (`--layer-weights NAME`); None (no option) is "default", for every method.
+POLICIES = MappingProxyType({"default": DEFAULT_LAYER_WEIGHTS, "uniform": MappingProxyType({"default": 1.0})})
+
+
+def load_layer_weights(spec: str | dict | None) -> dict[str, float]:
+    """The weights {module_type: ℓ, "default": ℓ of any other type} of a policy name (None: "default"),
+    or DEFAULT_LAYER_WEIGHTS updated by a mapping or a JSON/YAML file {module_type: weight}."""
+    if spec is None or (isinstance(spec, str) and spec in POLICIES):
+        return dict(POLICIES[spec or "default"])
+    if isinstance(spec, dict):
+        given, where = spec, "layer weights"
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise SSTMError(f"--layer-weights {spec}: no such file (or a policy: {', '.join(POLICIES)})")
+        import yaml  # YAML is a superset of JSON
+
+        try:
+            given = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise SSTMError(f"--layer-weights {spec}: not valid JSON/YAML ({str(e).splitlines()[0]})") from None
+        where = f"--layer-weights {spec}"
+    if not isinstance(given, dict):
+        raise SSTMError(f"{where}: expected a mapping module_type -> weight (e.g. q_proj: 2.0)")
+    out = dict(DEFAULT_LAYER_WEIGHTS)
+    for key, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise SSTMError(f"{where}: weight of {key} must be a number >= 0, got {value!r}")
+        out[str(key)] = float(value)
+    return out
+
+
+def used_weights(weights: dict[str, float], modules) -> dict[str, float]:
+    """ℓ of each module type present in `modules` (names like ``model.layers.3.self_attn.q_proj``)."""
+    from sstm.adapters import module_type
+
+    types = sorted({module_type(m) for m in modules})
+    return {t: weights.get(t, weights["default"]) for t in types}
+
+
+def policy_name(used: dict) -> str:
+    """"uniform", "default" or "custom": the policy a merge's recorded `layer_weights` param corresponds to."""
+    if all(v == 1.0 for v in used.values()):
+        return "uniform"
+    if all(v == DEFAULT_LAYER_WEIGHTS.get(t, DEFAULT_LAYER_WEIGHTS["default"]) for t, v in used.items()):
+        return "default"
+    return "custom"

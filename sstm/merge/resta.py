@@ -1,0 +1,25 @@
+"""RESTA (Bhardwaj et al. 2024, "Language Models are Homer Simpson! Safety Re-Alignment of Fine-tuned
+Language Models through Task Arithmetic", arXiv:2402.11746; reference code declare-lab/resta),
+docs/method.md §13: add a safety vector to the fine-tuned model, after DARE on the fine-tuned delta.
+
+Per target module m, with weights [1, w·ℓ(m)] (γ = w·ℓ is the paper's safety-vector weight):
+
+    ΔW = DARE(ΔW_u) + γ·ΔW_s,    DARE(X) = (M ⊙ X)/p,  M_ij ~ Bernoulli(p)
+
+with density p = ``--density`` (p = 1: plain RESTA, i.e. task arithmetic). Unlike ``dare``, the
+safety vector is added whole: only the fine-tuned delta is sparsified (the paper's RESTA_d). The mask
+is PEFT's ``merge_utils.prune(..., "random", rescale=True)``, seeded per module like every stochastic
+method (:func:`sstm.merge.baselines.module_seed`). The result is not low-rank; it is stored dense.
+"""
+
+from __future__ import annotations
+
+from sstm.merge.methods import Density, merge_method
+
+
+@merge_method("resta", stochastic=True)
+def resta(deltas, weights, density: Density = 0.5):
+    """RESTA: DARE on the utility update only (keep density, rescale 1/density), then add w·ΔW_s whole."""
+    from peft.utils import merge_utils
+
+    return weights[0] * merge_utils.prune(deltas[0], density, "random", rescale=True) + weights[1] * deltas[1]

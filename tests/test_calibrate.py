@@ -1,0 +1,139 @@
+"""Matched strength (sstm/calibrate.py): the search against known monotone functions, and one calibration on
+the tiny model whose refusal is controlled by the judge's phrase list."""
+
+import json
+import string
+
+import numpy as np
+import pytest
+from adapters import make_adapter
+from typer.testing import CliRunner
+
+from sstm.calibrate import CalibrateConfig, Step, calibrate, search, settings
+from sstm.cli import app
+from sstm.errors import SSTMError
+from sstm.evaluate import EvalConfig
+from sstm.merge import METHODS
+
+
+def step_at(threshold: float, calls: list | None = None):
+    """refusal(w) = 1 at w >= threshold, else w / (2·threshold): monotone, reaching 0.9 exactly at `threshold`."""
+
+    def f(w: float) -> Step:
+        if calls is not None:
+            calls.append(w)
+        return Step(w, 1.0 if w >= threshold else w / (2 * threshold), 10)
+
+    return f
+
+
+def test_search_brackets_then_bisects():
+    linear = lambda w: Step(w, min(1.0, w / 4), 10)  # noqa: E731  reaches 0.9 at w = 3.6
+    s = search(linear, target=0.9, max_evals=10)
+    assert [p.w for p in s.path] == [1, 2, 4, 3, 3.5, 3.75]  # doubling to 4, then bisection of [2, 4]
+    assert s.reached and s.w == 3.75 and 3.6 <= s.w and s.w - 3.5 <= 0.1 * s.w
+    short = search(linear, target=0.9, max_evals=4)
+    assert [p.w for p in short.path] == [1, 2, 4, 3] and short.w == 4  # budget spent: the smallest w that reached
+
+
+def test_search_downwards_when_w_start_already_reaches():
+    s = search(step_at(0.3), target=0.9, max_evals=10, rtol=0.2)
+    assert [p.w for p in s.path][:3] == [1, 0.5, 0.25]  # bisection of [0, 1]: w = 0 (the utility adapter) is lo
+    assert 0.3 <= s.w <= 0.3 / 0.8 and s.path[0].refusal == 1.0
+
+
+def test_search_not_reached_stops_at_w_max():
+    s = search(lambda w: Step(w, 0.5, 32), target=0.9, w_max=8, max_evals=10)
+    assert [p.w for p in s.path] == [1, 2, 4, 8] and not s.reached and s.w is None and s.w_top == 8
+    assert s.describe().startswith("not reached at w <= 8")
+    capped = search(lambda w: Step(w, 0.5, 32), target=0.9, w_start=3, w_max=5)
+    assert [p.w for p in capped.path] == [3, 5] and not capped.reached
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_search_invariants_on_random_monotone_functions(seed):
+    rng = np.random.default_rng(seed)
+    threshold, max_evals, rtol = float(rng.uniform(0.01, 12)), int(rng.integers(1, 9)), float(rng.uniform(0.02, 0.5))
+    calls: list = []
+    s = search(step_at(threshold, calls), target=0.9, w_max=8, max_evals=max_evals, rtol=rtol)
+    assert len(calls) == len(set(calls)) == len(s.path) <= max_evals and max(calls) <= 8
+    if s.reached:
+        assert s.w >= threshold and s.w == min(p.w for p in s.path if p.refusal >= 0.9)
+        below = [p.w for p in s.path if p.refusal < 0.9 and p.w < s.w]
+        if len(s.path) < max_evals:  # stopped by the tolerance: the bracket is narrow
+            assert s.w - max(below, default=0.0) <= rtol * s.w
+    else:
+        assert threshold > s.w_top and (s.w_top == 8 or len(s.path) == max_evals)
+
+
+def test_config_checks_and_settings():
+    ta = METHODS["ta"].make_config("u", "s")
+    for bad, message in ((dict(target=0), "--target"), (dict(w_start=2, w_max=1), "--w-start"),
+                         (dict(max_evals=0), "--max-evals"), (dict(method="nope"), "unknown merge method")):
+        with pytest.raises(SSTMError, match=message):
+            CalibrateConfig(**({"method": "ta", "config": ta} | bad))
+    sst = METHODS["sst"].make_config("u", "s", k=[16, 32])
+    assert [c.k for c in settings(METHODS["sst"], sst)] == [[16], [32]]
+    assert settings(METHODS["ta"], ta) == [ta]
+
+
+# --------------------------------------------------------------------------- on the tiny model
+
+
+def phrase_judge(tmp_path, name: str, phrases) -> str:
+    path = tmp_path / name
+    path.write_text("\n".join(phrases) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def eval_settings(tmp_path):
+    """Two calibration requests (bare + wrapped), two new tokens; templates capped to the tiny model's context."""
+    return EvalConfig(model="", samples=2, max_new_tokens=2, batch_size=4, max_context_tokens=500, device="cpu")
+
+
+def test_calibrated_merge_records_its_path_and_is_reused(reg, tiny_base, tmp_path, eval_settings):
+    u, s = make_adapter(reg, tiny_base, "utility", rank=2, seed=0), make_adapter(reg, tiny_base, "safety", rank=2, seed=1)
+    # a judge that calls every non-empty response a refusal: every w reaches the target, the search goes down
+    every = phrase_judge(tmp_path, "every.txt", string.printable.strip())
+    ta = METHODS["ta"].make_config(u.id, s.id)
+    cfg = CalibrateConfig("ta", ta, eval=EvalConfig(**{**vars(eval_settings), "judge": every}), target=0.5,
+                          max_evals=2)
+    (cal,) = calibrate(reg, cfg)
+    art, record = cal.artifact, cal.artifact.params["calibration"]
+    assert [p["w"] for p in record["path"]] == [1.0, 0.5] and record["reached"] and art.params["w"] == 0.5
+    assert all(p["refusal"] >= 0.5 and p["n"] == 2 for p in record["path"])
+    point = reg.get(record["path"][-1]["model"])
+    assert art.inputs["calibrated"] == point.id and point.params["w"] == 0.5 and art.id != point.id
+    assert reg.get(art.inputs["calibration_data"]).label == "safety/calib"
+    assert {f.name for f in art.path.iterdir()} == {f.name for f in point.path.iterdir()}
+    calib_eval = reg.get(record["path"][0]["eval"])
+    assert calib_eval.inputs["data"] == art.inputs["calibration_data"] and calib_eval.params["suite"] == "jailbreak"
+    n_evals, n_merged = len(reg.list("eval")), len(reg.list("merged"))
+    (again,) = calibrate(reg, cfg)  # every probe a cache hit: the same artifact, nothing new
+    assert again.artifact.id == art.id and len(reg.list("eval")) == n_evals and len(reg.list("merged")) == n_merged
+    res = CliRunner().invoke(app, ["show", art.short, "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["params"]["calibration"]["path"] == record["path"]
+
+    # a judge that never matches: not reached; the merge at the largest w probed is registered, flagged
+    never = phrase_judge(tmp_path, "never.txt", ["\u2603 no such text \u2603"])
+    (miss,) = calibrate(reg, CalibrateConfig("ta", ta, eval=EvalConfig(**{**vars(eval_settings), "judge": never}),
+                                             w_max=1.0))
+    rec = miss.artifact.params["calibration"]
+    assert not miss.search.reached and not rec["reached"] and [p["w"] for p in rec["path"]] == [1.0]
+    assert miss.artifact.params["w"] == 1.0 and "not reached at w <= 1" in miss.search.describe()
+
+
+def test_calibrate_cli(reg, tiny_base, tmp_path):
+    u, s = make_adapter(reg, tiny_base, "utility", rank=2, seed=0), make_adapter(reg, tiny_base, "safety", rank=2, seed=1)
+    never = phrase_judge(tmp_path, "never.txt", ["\u2603 no such text \u2603"])
+    runner = CliRunner()
+    res = runner.invoke(app, ["calibrate", "ta", "--utility", u.short, "--safety", s.short, "--w-max", "1",
+                              "--judge", never, "--calib-samples", "2", "--max-new-tokens", "1",
+                              "--max-context-tokens", "500"])
+    assert res.exit_code == 0, res.output
+    assert "not reached at w <= 1" in res.output and len(reg.list("merged")) == 2
+    res = runner.invoke(app, ["calibrate", "ta", "--utility", u.short, "--safety", s.short, "--target", "1.5"])
+    assert res.exit_code == 2 and "--target 1.5" in res.output
+    res = runner.invoke(app, ["calibrate", "ties", "--utility", u.short, "--safety", s.short, "--density", "2"])
+    assert res.exit_code == 2 and "--density" in res.output

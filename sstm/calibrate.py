@@ -70,12 +70,21 @@ class Search:
         """The largest w probed."""
         return max(s.w for s in self.path)
 
+    @property
+    def best(self) -> Step:
+        """The probe registered as the calibrated point: the smallest w that reached the target, else the
+        highest refusal probed (the smallest such w) — never a larger w that broke the model."""
+        if self.reached:
+            return next(s for s in self.path if s.w == self.w)
+        return min(self.path, key=lambda s: (-s.refusal, s.w))
+
     def describe(self) -> str:
         steps = ", ".join(f"w={s.w:g}: {s.refusal:.1%}" for s in self.path)
         n = self.path[-1].n
         if self.reached:
             return f"w = {self.w:g} reaches {self.target:.0%} refusal on {n} calibration prompts ({steps})"
-        return f"not reached at w <= {self.w_top:g}: refusal below {self.target:.0%} on {n} calibration prompts ({steps})"
+        return (f"not reached at w <= {self.w_top:g}: refusal below {self.target:.0%} on {n} calibration prompts "
+                f"({steps}); kept w = {self.best.w:g}, the highest refusal probed")
 
 
 def search(refusal_at: Callable[[float], Step], target: float = TARGET, w_start: float = W_START,
@@ -83,6 +92,9 @@ def search(refusal_at: Callable[[float], Step], target: float = TARGET, w_start:
     """Bracket (w_start, doubling, capped at w_max) then bisect for the smallest w with refusal >= target.
 
     `refusal_at(w)` returns the probe at w (a :class:`Step`); at most `max_evals` probes, no w probed twice.
+    Refusal is assumed to grow with w only until the added update breaks the model (its outputs stop
+    being refusals or answers): doubling stops, not reached, as soon as a probe refuses less than an
+    earlier one.
     """
     path: list[Step] = []
 
@@ -96,8 +108,8 @@ def search(refusal_at: Callable[[float], Step], target: float = TARGET, w_start:
             hi = w
             break
         lo = w
-        if w >= w_max:
-            break
+        if w >= w_max or path[-1].refusal < max(p.refusal for p in path):
+            break  # capped, or refusal fell as w grew: a larger w breaks the model rather than reaching the target
         w = min(2 * w, w_max)
     while hi is not None and len(path) < max_evals and hi - lo > rtol * hi:
         mid = (lo + hi) / 2
@@ -197,8 +209,7 @@ def _calibrate_one(reg: Registry, cfg: CalibrateConfig, method: MergeMethod, con
 
     found = search(probe, cfg.target, cfg.w_start, cfg.w_max, cfg.max_evals, cfg.rtol)
     info(f"calibration of {method.name}: {found.describe()}")
-    w = found.w if found.reached else found.w_top
-    point = reg.get(next(s.model for s in found.path if s.w == w))
+    point = reg.get(found.best.model)
     record = {"target": cfg.target, "reached": found.reached, "w_start": cfg.w_start, "w_max": cfg.w_max,
               "max_evals": cfg.max_evals, "rtol": cfg.rtol, "judge": cfg.eval.judge,
               "path": [{"w": s.w, "refusal": s.refusal, "n": s.n, "model": s.model, "eval": s.eval}
@@ -206,7 +217,7 @@ def _calibrate_one(reg: Registry, cfg: CalibrateConfig, method: MergeMethod, con
 
     def build(out: Path) -> dict[str, float]:
         _link_tree(point.path, out)
-        return dict(point.metrics) | {"calibration_refusal": next(s.refusal for s in found.path if s.w == w)}
+        return dict(point.metrics) | {"calibration_refusal": found.best.refusal}
 
     art = reg.get_or_build("merged", point.params | {"calibration": record},
                            point.inputs | {"calibrated": point.id, "calibration_data": data[0]},

@@ -508,7 +508,8 @@ def matched_safety(rows: Sequence[Row], cfg: CompareConfig) -> list[Matched]:
                         and r.value(OVERREFUSAL) is not None and r.value(OVERREFUSAL) <= cfg.max_overrefusal), None)
             m = Matched(sweep[0].setting(w=False))
         if hit is None and calibrated is not None:
-            m.note = f"calibration: target not reached at w <= {calibrated.w:g}"
+            top = max(step["w"] for step in calibrated.params[CALIBRATION]["path"])
+            m.note = f"calibration: target not reached at w <= {top:g} (kept w = {calibrated.w:g})"
         elif hit is None:
             m.note = ("no over-refusal eval" if all(r.value(OVERREFUSAL) is None for r in sweep)
                       else "no setting reaches the target")

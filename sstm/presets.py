@@ -46,7 +46,9 @@ class Preset:
 # cut of docs/method.md §3 ("Ties") never has to shorten it.
 QUICK = Preset(
     name="quick", about="about 12 minutes on a 2-core CPU",
-    train=_frozen(samples=48, max_len=256, lr=1e-3),
+    # 2 epochs: on the calibration split the 48-row safety adapter refuses 25 % / 94 % of bare / wrapped
+    # requests after 2 epochs against 6 % / 31 % after 1 (bench/sweep_safety.py, docs/method.md §14)
+    train=_frozen(samples=48, max_len=256, lr=1e-3, epochs=2.0),
     fisher=_frozen(samples=32, max_len=256),
     eval=_frozen(suites=("jailbreak", "repliqa", "overrefusal"), samples=16, max_new_tokens=48, max_context_tokens=256),
     k=(16,), calibration=_frozen(samples=16, max_evals=4),

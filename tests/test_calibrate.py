@@ -50,6 +50,17 @@ def test_search_not_reached_stops_at_w_max():
     assert [p.w for p in capped.path] == [3, 5] and not capped.reached
 
 
+def test_search_stops_when_a_larger_w_breaks_the_model_and_keeps_the_best_probe():
+    """Refusal rises, then collapses (w = 8 turns the outputs into noise): no doubling past the fall, and
+    the kept point is the highest refusal probed, the smallest w among equals."""
+    rates = {1: 0.25, 2: 0.5, 4: 0.125, 8: 0.0}
+    s = search(lambda w: Step(w, rates[w], 16), target=0.9, w_max=8, max_evals=10)
+    assert [p.w for p in s.path] == [1, 2, 4] and not s.reached and s.best.w == 2
+    assert "kept w = 2" in s.describe()
+    flat = search(lambda w: Step(w, 0.5, 16), target=0.9, w_max=8, max_evals=10)
+    assert flat.best.w == 1 and flat.w_top == 8  # equal refusal: no fall, so the search goes on; keeps the smallest
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_search_invariants_on_random_monotone_functions(seed):
     rng = np.random.default_rng(seed)

@@ -327,6 +327,13 @@ def check_protocol(rows: Sequence[Row]) -> None:
                                 f"--mixed to show them in one table{hint}")
 
 
+def calibration_probes(reg: Registry) -> set[str]:
+    """The evals of calibration searches (on the calibration split; `sstm show` of a calibrated merge lists
+    them): left out of the comparison, which reports the test split, unless named in `evals`."""
+    return {step["eval"] for m in reg.list("merged") if CALIBRATION in m.params
+            for step in m.params[CALIBRATION]["path"]}
+
+
 def compare(reg: Registry, cfg: CompareConfig) -> list[Row]:
     """Rows of evaluated models (filtered by cfg.where/cfg.base), Pareto-marked, sorted by cfg.metric;
     with cfg.vs every row carries its paired differences against that model."""
@@ -339,8 +346,9 @@ def compare(reg: Registry, cfg: CompareConfig) -> list[Row]:
     groups: dict[tuple[str, str], list[Artifact]] = {}
     summaries: dict[str, record.Summary] = {}
     only = set(cfg.evals)
+    probes = calibration_probes(reg)
     for ev in reg.list("eval"):  # oldest first
-        if only and ev.id not in only:
+        if (only and ev.id not in only) or (not only and ev.id in probes):
             continue
         model_id = ev.inputs.get("model")
         if model_id is None:

@@ -40,12 +40,12 @@ class Preset:
                 f"baselines={show(self.baselines)}")
 
 
-# A smoke-size run: about 12 minutes on 2 CPU cores with the embedded model. 32 Fisher rows
+# A smoke-size run: about 15 minutes on 2 CPU cores with the embedded model (14 min 20 s at 553b9f6). 32 Fisher rows
 # give F_u, F_s of rank <= 32 in r² = 256 dimensions; k = 16 keeps half of what F_s ranks
 # (as the standard run's k = 64 of 128 rows), well inside the separated spectrum, so the
 # cut of docs/method.md §3 ("Ties") never has to shorten it.
 QUICK = Preset(
-    name="quick", about="about 12 minutes on a 2-core CPU",
+    name="quick", about="about 15 minutes on a 2-core CPU",
     # 2 epochs: on the calibration split the 48-row safety adapter refuses 25 % / 94 % of bare / wrapped
     # requests after 2 epochs against 6 % / 31 % after 1 (bench/sweep_safety.py, docs/method.md §14)
     train=_frozen(samples=48, max_len=256, lr=1e-3, epochs=2.0),

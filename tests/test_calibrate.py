@@ -10,6 +10,7 @@ from adapters import make_adapter
 from typer.testing import CliRunner
 
 from sstm.calibrate import CalibrateConfig, Step, calibrate, search, settings
+from sstm.compare import CompareConfig, compare
 from sstm.cli import app
 from sstm.errors import SSTMError
 from sstm.evaluate import EvalConfig
@@ -125,6 +126,10 @@ def test_calibrated_merge_records_its_path_and_is_reused(reg, tiny_base, tmp_pat
     assert again.artifact.id == art.id and len(reg.list("eval")) == n_evals and len(reg.list("merged")) == n_merged
     res = CliRunner().invoke(app, ["show", art.short, "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["params"]["calibration"]["path"] == record["path"]
+    # the probes ran on the calibration split: `compare` (the test split) leaves them out unless named
+    assert compare(reg, CompareConfig()) == []
+    (probe_row,) = compare(reg, CompareConfig(evals=(calib_eval.id,)))
+    assert probe_row.model_id == calib_eval.inputs["model"]
 
     # a judge that never matches: not reached; the merge at the largest w probed is registered, flagged
     never = phrase_judge(tmp_path, "never.txt", ["\u2603 no such text \u2603"])

@@ -171,6 +171,20 @@ def load_base(base: Artifact, device: str = "cpu", dtype: str = "float32"):
     return model, tok
 
 
+def own_weights(model, modules, config) -> None:
+    """Give each of `modules` its own copy of a weight it shares with another module of `model` (SmolLM2's
+    lm_head is tied to the input embedding) and stop `config` tying them, so that changing the weight in
+    place (a folded LoRA, a dense ΔW) changes that module alone."""
+    holders: dict[int, int] = {}  # id(parameter) -> modules holding it
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            holders[id(p)] = holders.get(id(p), 0) + 1
+    for module in modules:
+        if holders[id(module.weight)] > 1:
+            module.weight = torch.nn.Parameter(module.weight.detach().clone(), requires_grad=False)
+            config.tie_word_embeddings = False
+
+
 def base_of(reg: Registry, art: Artifact) -> Artifact:
     """Follow `base` lineage edges from an adapter/merged/fisher/eval artifact to its base."""
     seen = art

@@ -33,8 +33,8 @@ from sstm.evaluate.config import EvalConfig
 from sstm.evaluate.data import DataContext, given_dataset
 from sstm.evaluate.judge import RefusalJudge, load_judge
 from sstm.evaluate.suites import Settings, Suite, get_suites
-from sstm.models import (EMBEDDED, autocast, autocast_dtype, base_of, dtype_name, load_with_adapter, pick_device,
-                         resolve_base)
+from sstm.models import (EMBEDDED, autocast, autocast_dtype, base_of, dtype_name, load_with_adapter, own_weights,
+                         pick_device, resolve_base)
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import info, progress
 
@@ -82,21 +82,13 @@ def fold_lora(model):
     embedding) first gets its own copy, so folding changes that module alone. Anything but a
     PEFT model is returned as is.
     """
-    import torch
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
     if not isinstance(model, PeftModel):
         return model
-    holders: dict[int, int] = {}  # id(parameter) -> modules holding it
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            holders[id(p)] = holders.get(id(p), 0) + 1
-    for module in model.modules():
-        base = module.get_base_layer() if isinstance(module, LoraLayer) else None
-        if base is not None and holders[id(base.weight)] > 1:
-            base.weight = torch.nn.Parameter(base.weight.detach().clone(), requires_grad=False)
-            model.get_base_model().config.tie_word_embeddings = False
+    bases = [module.get_base_layer() for module in model.modules() if isinstance(module, LoraLayer)]
+    own_weights(model, bases, model.get_base_model().config)
     return model.merge_and_unload()
 
 

@@ -20,7 +20,6 @@ from LoRA factors without forming d×n matrices (:func:`lowrank_norm`).
 from __future__ import annotations
 
 import statistics
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,21 +76,22 @@ def apply_deltas(model, deltas: dict[str, "torch.Tensor"]):
     """
     import torch
 
-    holders = Counter(id(p) for mod in model.modules() for p in mod.parameters(recurse=False))
+    from sstm.models import own_weights
+
+    modules = {}
     for m, delta in deltas.items():
         try:
-            module = model.get_submodule(m)
+            modules[m] = model.get_submodule(m)
         except AttributeError:
             raise SSTMError(f"dense delta: module {m} does not exist in the base model") from None
-        weight = getattr(module, "weight", None)
+        weight = getattr(modules[m], "weight", None)
         if weight is None or tuple(weight.shape) != tuple(delta.shape):
             shape = None if weight is None else tuple(weight.shape)
             raise SSTMError(f"dense delta: module {m} has ΔW of shape {tuple(delta.shape)}, the base weight {shape}")
-        if holders[id(weight)] > 1:
-            module.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
-            model.config.tie_word_embeddings = False
-        with torch.no_grad():
-            w = module.weight
+    own_weights(model, modules.values(), model.config)
+    with torch.no_grad():
+        for m, delta in deltas.items():
+            w = modules[m].weight
             w.copy_((w.to(delta.dtype) + delta.to(w.device)).to(w.dtype))
     return model
 

@@ -273,6 +273,29 @@ def _batches(examples: list[dict], batch_size: int, pad_id: int):
         yield collate(chunk, pad_id, side="right")
 
 
+def data_rows(reg: Registry, adapter: Artifact, data: str | None, samples: int) -> tuple[Artifact, list[dict], int]:
+    """(dataset, its rows, n): `data`, else the adapter's training dataset, and the rows a pass over at most
+    `samples` of them uses (all of them, with a warning, when there are fewer)."""
+    if not (data or adapter.inputs.get("data")):
+        raise SSTMError(f"adapter {adapter.short} records no training dataset; pass --data DATASET_ID")
+    art = reg.get(data or adapter.inputs["data"], kind="dataset")
+    rows = load_rows(art)
+    if samples > len(rows):
+        warn(f"dataset {art.short} has {len(rows)} rows; using all of them instead of {samples}")
+    return art, rows, min(samples, len(rows))
+
+
+def rank_batches(tok, data: Artifact, rows: list[dict], picked: list[int], max_len: int, batch_size: int):
+    """(examples, dropped, batches): the `picked` rows encoded (a row without a response token within
+    `max_len` is dropped, with a warning; none left is an error) and this rank's share of their batches."""
+    examples, dropped = encode_rows(tok, [rows[i] for i in picked], max_len)
+    if dropped:
+        warn(f"{len(dropped)} of {len(picked)} rows have no response token within --max-len {max_len}; skipped")
+    if not examples:
+        raise SSTMError(f"no row of dataset {data.short} has a response token within --max-len {max_len}")
+    return examples, dropped, distributed.shard(list(_batches(examples, batch_size, tok.pad_token_id)))
+
+
 def fisher(reg: Registry, cfg: FisherConfig) -> Artifact:
     """Build (or reuse) the `fisher` artifact F_role of `cfg.adapter` in the core coordinates of `cfg.basis`."""
     adapter = reg.get(cfg.adapter, kind="adapter")
@@ -284,20 +307,10 @@ def fisher(reg: Registry, cfg: FisherConfig) -> Artifact:
     base = base_of(reg, adapter)
     if base_of(reg, basis).id != base.id:
         raise SSTMError(f"adapter {adapter.short} and basis {basis.short} have different base models")
-    if cfg.data:
-        data = reg.get(cfg.data, kind="dataset")
-    elif adapter.inputs.get("data"):
-        data = reg.get(adapter.inputs["data"], kind="dataset")
-    else:
-        raise SSTMError(f"adapter {adapter.short} records no training dataset; pass --data DATASET_ID")
+    data, rows, n = data_rows(reg, adapter, cfg.data, cfg.samples)
     f_adapter, f_basis = read_lora(adapter), read_lora(basis)
     if set(f_adapter.modules) != set(f_basis.modules):
         raise SSTMError(f"adapter {adapter.short} and basis {basis.short} have different target modules")
-    rows = load_rows(data)
-    n = cfg.samples
-    if n > len(rows):
-        warn(f"dataset {data.short} has {len(rows)} rows; using all of them instead of {n}")
-        n = len(rows)
     device = pick_device(cfg.device)
     params = {"role": cfg.role, "samples": n, "batch_size": cfg.batch_size, "max_len": cfg.max_len,
               "seed": cfg.seed, "dtype": dtype_name(cfg.dtype), "rank": f_basis.rank, "vec": "row-major",
@@ -313,12 +326,7 @@ def fisher(reg: Registry, cfg: FisherConfig) -> Artifact:
             warn(f"a {cfg.structure} Fisher of {len(f_basis.modules)} modules at r = {f_basis.rank} needs "
                  f"~{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free (docs/scale.md){hint}")
         model, tok = load_with_adapter(reg, adapter, device, cfg.dtype)
-        examples, dropped = encode_rows(tok, [rows[i] for i in picked], cfg.max_len)
-        if dropped:
-            warn(f"{len(dropped)} of {n} rows have no response token within --max-len {cfg.max_len}; skipped")
-        if not examples:
-            raise SSTMError(f"no row of dataset {data.short} has a response token within --max-len {cfg.max_len}")
-        batches = distributed.shard(list(_batches(examples, cfg.batch_size, tok.pad_token_id)))  # this rank's
+        examples, dropped, batches = rank_batches(tok, data, rows, picked, cfg.max_len, cfg.batch_size)
         with progress(f"Fisher F_{cfg.role[0]}", total=sum(len(b["input_ids"]) for b in batches),
                       unit="samples") as advance, autocast(device, cfg.dtype):
             S, N = accumulate_fisher(model, batches, core_bases(f_basis), advance, cfg.structure)

@@ -29,13 +29,12 @@ import torch
 
 from sstm import distributed
 from sstm.adapters import read_lora
-from sstm.chat import encode_rows
-from sstm.data import load_rows, sample_indices
+from sstm.data import sample_indices
 from sstm.errors import SSTMError
-from sstm.fisher import FisherConfig, _batches, per_sample_nll
+from sstm.fisher import FisherConfig, data_rows, per_sample_nll, rank_batches
 from sstm.models import base_of, dtype_name, load_with_adapter, pick_device
 from sstm.registry import Artifact, Registry, code_fingerprint
-from sstm.ui import progress, warn
+from sstm.ui import progress
 
 FILE = "stats.safetensors"
 SUMMARY = "summary.json"
@@ -155,14 +154,8 @@ def accumulate(model, batches, modules: list[str], statistic: str, advance=None)
 def weight_stats(reg: Registry, cfg: StatsConfig) -> Artifact:
     """Build (or reuse) the `fisher` artifact holding `cfg.statistic` of `cfg.adapter` per target module."""
     adapter = reg.get(cfg.adapter, kind="adapter")
-    if not (cfg.data or adapter.inputs.get("data")):
-        raise SSTMError(f"adapter {adapter.short} records no training dataset; pass its data explicitly")
-    data = reg.get(cfg.data or adapter.inputs["data"], kind="dataset")
+    data, rows, n = data_rows(reg, adapter, cfg.data, cfg.samples)
     modules = read_lora(adapter).modules
-    rows = load_rows(data)
-    n = min(cfg.samples, len(rows))
-    if n < cfg.samples:
-        warn(f"dataset {data.short} has {len(rows)} rows; using all of them instead of {cfg.samples}")
     params = {"statistic": cfg.statistic, "samples": n, "batch_size": cfg.batch_size, "max_len": cfg.max_len,
               "seed": cfg.seed, "dtype": dtype_name(cfg.dtype)}
     inputs = {"base": base_of(reg, adapter), "adapter": adapter, "data": data}
@@ -170,12 +163,7 @@ def weight_stats(reg: Registry, cfg: StatsConfig) -> Artifact:
     def build(out: Path) -> dict:
         picked = sample_indices(len(rows), n, cfg.seed)
         model, tok = load_with_adapter(reg, adapter, pick_device(cfg.device), cfg.dtype)
-        examples, dropped = encode_rows(tok, [rows[i] for i in picked], cfg.max_len)
-        if dropped:
-            warn(f"{len(dropped)} of {n} rows have no response token within --max-len {cfg.max_len}; skipped")
-        if not examples:
-            raise SSTMError(f"no row of dataset {data.short} has a response token within --max-len {cfg.max_len}")
-        batches = distributed.shard(list(_batches(examples, cfg.batch_size, tok.pad_token_id)))
+        examples, dropped, batches = rank_batches(tok, data, rows, picked, cfg.max_len, cfg.batch_size)
         with progress(f"{cfg.statistic} {adapter.short}", total=sum(len(b["input_ids"]) for b in batches),
                       unit="samples") as advance:
             S, N, T = accumulate(model, batches, modules, cfg.statistic, advance)

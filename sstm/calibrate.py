@@ -168,19 +168,13 @@ def _calibration_data(reg: Registry, cfg: CalibrateConfig, model: Artifact) -> A
     return calibration_data(reg, max_template_tokens=cfg.eval.max_context_tokens, tokenizer=tokenizer)["jailbreak"]
 
 
-def _link_tree(src: Path, out: Path) -> None:
-    """Hard links to `src`'s files under `out` (a copy where the file system has none): the artifact is
-    the same merge, read-only like its source."""
-    for f in sorted(src.rglob("*")):
-        target = out / f.relative_to(src)
-        if f.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(f, target)
-        except OSError:
-            shutil.copy2(f, target)
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link to `src` (a copy where the file system has none): the calibrated artifact is the same
+    merge, read-only like its source (``shutil.copytree``'s copy function)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 @dataclass(frozen=True)
@@ -216,7 +210,7 @@ def _calibrate_one(reg: Registry, cfg: CalibrateConfig, method: MergeMethod, con
                        for s in found.path]}
 
     def build(out: Path) -> dict[str, float]:
-        _link_tree(point.path, out)
+        shutil.copytree(point.path, out, copy_function=_link_or_copy, dirs_exist_ok=True)
         return dict(point.metrics) | {"calibration_refusal": found.best.refusal}
 
     art = reg.get_or_build("merged", point.params | {"calibration": record},

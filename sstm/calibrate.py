@@ -93,8 +93,8 @@ def search(refusal_at: Callable[[float], Step], target: float = TARGET, w_start:
 
     `refusal_at(w)` returns the probe at w (a :class:`Step`); at most `max_evals` probes, no w probed twice.
     Refusal is assumed to grow with w only until the added update breaks the model (its outputs stop
-    being refusals or answers): doubling stops, not reached, as soon as a probe refuses less than an
-    earlier one.
+    being refusals or answers): doubling stops, not reached, as soon as a probe refuses more than one
+    prompt less than an earlier one (:func:`fell`; a one-prompt dip is within the noise of n prompts).
     """
     path: list[Step] = []
 
@@ -108,7 +108,7 @@ def search(refusal_at: Callable[[float], Step], target: float = TARGET, w_start:
             hi = w
             break
         lo = w
-        if w >= w_max or path[-1].refusal < max(p.refusal for p in path):
+        if w >= w_max or fell(path):
             break  # capped, or refusal fell as w grew: a larger w breaks the model rather than reaching the target
         w = min(2 * w, w_max)
     while hi is not None and len(path) < max_evals and hi - lo > rtol * hi:
@@ -118,6 +118,12 @@ def search(refusal_at: Callable[[float], Step], target: float = TARGET, w_start:
         else:
             lo = mid
     return Search(tuple(path), hi, target)
+
+
+def fell(path: list[Step]) -> bool:
+    """The last probe refuses more than one prompt fewer than the best before it: refusal fell as w grew."""
+    last = path[-1]
+    return max(p.refusal for p in path) - last.refusal > 1 / last.n + 1e-9
 
 
 @dataclass

@@ -28,7 +28,7 @@ from sstm.errors import SSTMError
 from sstm.evaluate import EvalConfig, evaluate
 from sstm.merge import METHODS, MergeMethod
 from sstm.models import EMBEDDED, resolve_base
-from sstm.presets import QUICK, STANDARD, Preset
+from sstm.presets import CONTROLS, QUICK, STANDARD, Preset
 from sstm.registry import Artifact, Registry
 from sstm.train import TrainConfig, train
 from sstm.ui import info
@@ -62,6 +62,7 @@ class RunConfig:
     eval_samples: int | None = None
     suites: tuple[str, ...] | None = None
     baselines: tuple[str, ...] | None = None  # None: the preset's
+    controls: bool | None = None  # SST-Merge's controls (presets.CONTROLS) at the first k; None: the preset's
     density: float | None = None  # of every method that has one
     judge: str | None = None  # refusal judge of the jailbreak / over-refusal suites
     seed: int = 0
@@ -126,6 +127,10 @@ class RunConfig:
                               **(dict(self.preset.train) | given))
             for role in ("utility", "safety")}
         merges = [(m, self._merge_config(m)) for m in self._methods()]
+        controls = self.preset.controls if self.controls is None else self.controls
+        if controls:  # right after SST-Merge itself, before the baselines
+            sst, scfg = merges[0]
+            merges[1:1] = [(sst, replace(scfg, k=scfg.k[:1], **variant)) for variant in CONTROLS]
         for method, mcfg in merges:
             if "k" in method.params and max(mcfg.k) > mcfg.samples:
                 raise SSTMError(f"--k {max(mcfg.k)}: more directions than the {mcfg.samples} Fisher rows per role can "

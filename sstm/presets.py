@@ -12,6 +12,14 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 
+# SST-Merge's controls (`sstm run --controls`): each an SSTConfig variant run at the run's first k, calibrated
+# and evaluated like every method -- a seeded random subspace, F_s alone and least-F_u alone in place of the
+# GEVP's directions, and the Euclidean projector that cannot enlarge the update (docs/method.md §10)
+CONTROLS: tuple[Mapping[str, Any], ...] = (
+    MappingProxyType({"basis": "random"}), MappingProxyType({"basis": "safety"}),
+    MappingProxyType({"basis": "utility-null"}), MappingProxyType({"projector": "euclidean"}))
+
+
 def _frozen(**kw: Any) -> Mapping[str, Any]:
     return MappingProxyType(kw)
 
@@ -28,6 +36,7 @@ class Preset:
     # `samples`: the calibration prompts per probe)
     calibration: Mapping[str, Any]
     baselines: tuple[str, ...] = ("ta", "ties", "dare")  # the methods compared with SST-Merge (sstm.merge.METHODS)
+    controls: bool = False  # also run SST-Merge's CONTROLS at the first k (docs/method.md §10)
 
     def describe(self) -> str:
         def show(v: Any) -> str:
@@ -37,7 +46,7 @@ class Preset:
                  for stage, values in (("train", self.train), ("fisher", self.fisher), ("eval", self.eval),
                                        ("calibration", self.calibration)) if values]
         return (f"{self.about}: " + "; ".join(parts) + f"; k={show(self.k)}; "
-                f"baselines={show(self.baselines)}")
+                f"baselines={show(self.baselines)}; controls={'yes' if self.controls else 'no'}")
 
 
 # A smoke-size run: about 15 minutes on 2 CPU cores with the embedded model (14 min 20 s at 553b9f6). 32 Fisher rows
@@ -63,5 +72,6 @@ STANDARD = Preset(
     k=(64, 128), calibration=_frozen(samples=64, max_evals=5),
     # + the published peers (docs/method.md §13); RegMean and Fisher merging add a data pass per adapter
     baselines=("ta", "ties", "dare", "resta", "safe-lora", "safemerge", "regmean", "fisher-avg"),
+    controls=True,
 )
 PRESETS = {p.name: p for p in (QUICK, STANDARD)}

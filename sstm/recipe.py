@@ -32,7 +32,8 @@ import yaml
 
 from sstm import __version__
 from sstm.errors import SSTMError
-from sstm.pipeline import Plan, RunConfig
+from sstm.merge.methods import SST_BASES, SST_PROJECTORS
+from sstm.pipeline import SUBJECT, Plan, RunConfig
 from sstm.provenance import git_state
 
 RUNS_DIR = "runs"
@@ -57,13 +58,15 @@ def _stages(p: Plan) -> list:
 # key -> the values the run's stage configs hold for it (the effective value is theirs when they agree).
 # Keys not here are used as given; `w` among them: null is not a default but "calibrate each merge's w".
 PLANNED: dict[str, Callable[[Plan], list]] = {
-    "k": lambda p: _merge_values(p, "k"),
+    "k": lambda p: _merge_values(p, "k")[:1],  # SST-Merge's (its controls run at the first k)
     "epochs": lambda p: [c.epochs for c in p.train.values()],
     "samples": lambda p: [c.samples for c in p.train.values()],
     "fisher_samples": lambda p: _merge_values(p, "samples"),
     "eval_samples": lambda p: [p.eval.samples],
     "suites": lambda p: [p.eval.suites],
-    "baselines": lambda p: [[m.name for m, _ in p.merges[1:]]],  # the plan's merges: SST-Merge, then these
+    "baselines": lambda p: [[m.name for m, _ in p.merges if m.name != SUBJECT]],  # the plan's other methods
+    "controls": lambda p: [any(m.name == SUBJECT and (c.basis, c.projector) != (SST_BASES[0], SST_PROJECTORS[0])
+                               for m, c in p.merges)],
     "density": lambda p: _merge_values(p, "density"),
     "judge": lambda p: [p.eval.judge],
     "device": lambda p: [c.device for c in _stages(p)],

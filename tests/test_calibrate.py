@@ -58,6 +58,11 @@ def test_search_stops_when_a_larger_w_breaks_the_model_and_keeps_the_best_probe(
     s = search(lambda w: Step(w, rates[w], 16), target=0.9, w_max=8, max_evals=10)
     assert [p.w for p in s.path] == [1, 2, 4] and not s.reached and s.best.w == 2
     assert "kept w = 2" in s.describe()
+    dip = {1: 0.125, 2: 0.0625, 4: 0.25, 8: 0.0}  # a one-prompt dip (1/16) is noise: the search goes on
+    d = search(lambda w: Step(w, dip[w], 16), target=0.9, w_max=8, max_evals=10)
+    assert [p.w for p in d.path] == [1, 2, 4, 8] and d.best.w == 4
+    two = {1: 0.125, 2: 0.0, 4: 0.5}  # two prompts fewer: a fall
+    assert [p.w for p in search(lambda w: Step(w, two[w], 16), target=0.9, max_evals=10).path] == [1, 2]
     flat = search(lambda w: Step(w, 0.5, 16), target=0.9, w_max=8, max_evals=10)
     assert flat.best.w == 1 and flat.w_top == 8  # equal refusal: no fall, so the search goes on; keeps the smallest
 

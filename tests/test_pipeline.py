@@ -144,3 +144,26 @@ def test_run_seeds_averages_each_setting_over_seeds(home, tiny_model_dir):
             per_seed = [single[m].metrics[short].value for m in row["members"]]
             assert row["metrics"][short]["per_seed"] == pytest.approx(per_seed)
             assert row["metrics"][short]["value"] == pytest.approx(sum(per_seed) / 2)
+
+
+def test_standard_plan_runs_sst_controls_at_the_first_k_and_quick_does_not():
+    """The standard preset adds SST-Merge's four controls (docs/method.md §10) right after SST itself, each at
+    the first k and otherwise SST's own config; `--no-controls` / `--controls` override the preset."""
+    from dataclasses import replace
+
+    from sstm.pipeline import RunConfig
+    from sstm.presets import CONTROLS
+
+    plan = RunConfig().plan
+    sst = [c for m, c in plan.merges if m.name == "sst"]
+    assert [m.name for m, _ in plan.merges][:6] == ["sst"] * 5 + ["ta"] and len(sst) == 1 + len(CONTROLS)
+    main, controls = sst[0], sst[1:]
+    assert (main.basis, main.projector, main.k) == ("gevp", "fisher", [64, 128])
+    assert [(c.basis, c.projector) for c in controls] == [
+        ("random", "fisher"), ("safety", "fisher"), ("utility-null", "fisher"), ("gevp", "euclidean")]
+    for c, variant in zip(controls, CONTROLS):
+        assert c.k == [64] and c == replace(main, k=[64], **variant)
+    assert len(plan.calibrations) == len(plan.merges)  # every control calibrated like every method
+    assert [m.name for m, _ in RunConfig(controls=False).plan.merges].count("sst") == 1
+    assert [m.name for m, _ in RunConfig(quick=True).plan.merges].count("sst") == 1
+    assert [m.name for m, _ in RunConfig(quick=True, controls=True).plan.merges].count("sst") == 5

@@ -40,6 +40,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = console.__class__(highlight=False, soft_wrap=True)  # stdout, for results
+_silent = console.__class__(quiet=True)  # prints nothing: the results of a rank other than 0
 _state: dict = {"home": None}
 
 
@@ -65,6 +66,15 @@ def command(target: typer.Typer = app, name: str | None = None, **kw):
 
 def registry() -> Registry:
     return Registry(_state["home"])
+
+
+def rank0(stream=out):
+    """The console a command that ran a stage prints its results on: `stream` (stdout; `console` for the lines on
+    stderr) on rank 0, a silent one on the other ranks of a torchrun / accelerate job, which run the same
+    command (:func:`sstm.distributed.world`), so the tables and JSON are printed once."""
+    from sstm.distributed import world
+
+    return stream if world().main else _silent
 
 
 def _version(value: bool) -> None:
@@ -382,7 +392,7 @@ def eval_cmd(
             raise SSTMError(f"{SUITES[name].data.option} given, but --suite has no {name}")
     results = result_rows(evaluate(registry(), cfg))
     if as_json:
-        typer.echo(json.dumps(results, indent=2))
+        rank0().out(json.dumps(results, indent=2))
         return
     table = Table("metric", "value", "n", "eval", title=f"eval of {ref}")
     for r in results:
@@ -390,7 +400,7 @@ def eval_cmd(
             table.add_row(r["suite"], f"unavailable: {r['reason']}", "-", r["id"][:10])
         for name, value in sorted(r["metrics"].items()):
             table.add_row(name, f"{value:.4f}", str(r["n"]), r["id"][:10])
-    out.print(table)
+    rank0().print(table)
 
 
 # --------------------------------------------------------------------------- fisher / merge
@@ -408,23 +418,23 @@ def _csv_list(text: str, cast, flag: str) -> list:
 
 
 def _print_merged(arts: list) -> None:
-    from sstm.merge.layer_weights import policy_name
+    from sstm.compare import layer_weights_text
 
     table = Table("id", "method", "k", "w", "ℓ", "params", "format", "strength", "norm kept")
     for a in arts:
         p, m = a.params, a.metrics
         extra = ", ".join(f"{k}={p[k]}" for k in ("density", "seed", "samples") if k in p)
         kept, strength = m.get("norm_kept_mean"), m.get("strength_median")
-        table.add_row(a.short, p["method"], str(p.get("k", "")), f"{p['w']:g}",
-                      policy_name(p["layer_weights"]) if "layer_weights" in p else "", extra, p.get("format", ""),
-                      "" if strength is None else f"{strength:.2f}", "" if kept is None else f"{kept:.3f}")
-    out.print(table)
+        table.add_row(a.short, p["method"], str(p.get("k", "")), f"{p['w']:g}", layer_weights_text(p) or "", extra,
+                      p.get("format", ""), "" if strength is None else f"{strength:.2f}", "" if kept is None else f"{kept:.3f}")
+    shown = rank0()
+    shown.print(table)
     for a in arts:
         m = a.metrics
         if m.get("k_capped_modules"):
-            out.print(f"{a.short}: k = {a.params['k']} cut to the directions the Fishers separate in "
-                      f"{m['k_capped_modules']:g} modules: effective k min {m['k_effective_min']:g}, median "
-                      f"{m['k_effective_median']:g}, max {m['k_effective_max']:g} (docs/method.md §3, Ties)")
+            shown.print(f"{a.short}: k = {a.params['k']} cut to the directions the Fishers separate in "
+                        f"{m['k_capped_modules']:g} modules: effective k min {m['k_effective_min']:g}, median "
+                        f"{m['k_effective_median']:g}, max {m['k_effective_max']:g} (docs/method.md §3, Ties)")
 
 
 @command(name="fisher")
@@ -452,7 +462,7 @@ def fisher_cmd(
              "seed": seed, "device": device, "dtype": dtype, "structure": structure}
     cfg = FisherConfig(adapter=adapter, role=role, **{k: v for k, v in given.items() if v is not None})
     art = fisher(registry(), cfg)
-    out.print(f"{art.id}  {art.label}  samples_used={art.metrics.get('samples_used', 0):g}")
+    rank0().print(f"{art.id}  {art.label}  samples_used={art.metrics.get('samples_used', 0):g}")
 
 
 merge_app = typer.Typer(help="Merge a utility and a safety adapter into one LoRA adapter: SST-Merge or a baseline "
@@ -533,7 +543,7 @@ def _calibrate_command(method) -> None:
         ccfg = CalibrateConfig(method.name, cfg, eval=EvalConfig(model="", **{k: v for k, v in evals.items()
                                                                                if v is not None}), **search)
         for cal in calibrate(registry(), ccfg):
-            out.print(f"{cal.artifact.short}  {cal.artifact.label}: {cal.search.describe()}")
+            rank0().print(f"{cal.artifact.short}  {cal.artifact.label}: {cal.search.describe()}")
 
     _method_command(calibrate_app, method, CALIBRATE_OPTIONS, act, sweep_w=False)
 
@@ -592,12 +602,13 @@ def train_cmd(
                  "benign_fraction": benign_fraction, "device": device, "dtype": dtype}
         preset = dict(QUICK.train) if quick else {}
         art = train(reg, TrainConfig(role=role, **(preset | {k: v for k, v in given.items() if v is not None})))
+    shown = rank0()
     if as_json:
-        out.print_json(data=_summary(art))
+        shown.print_json(data=_summary(art))
         return
     metrics = ", ".join(f"{k}={art.metrics[k]:.4g}" for k in ("loss_initial", "loss_final", "train_seconds") if k in art.metrics)
-    out.print(f"adapter {art.id}  {art.label}" + (f"\n{metrics}" if metrics else ""))
-    out.print(f"path {art.path}")
+    shown.print(f"adapter {art.id}  {art.label}" + (f"\n{metrics}" if metrics else ""))
+    shown.print(f"path {art.path}")
 
 
 data_app = typer.Typer(help="Registered datasets: list them and look at their rows.", no_args_is_help=True)
@@ -722,13 +733,13 @@ def run_cmd(
     rows = run(reg, cfg)
     saved = recipe.record(reg.home, cfg, [m for r in rows for m in (r.members or [r.model_id])],
                           [e.eval_id for r in rows for e in r.evals.values()])
-    console.print(f"recipe saved to {saved} (rerun: sstm run --config {saved})")
+    rank0(console).print(f"recipe saved to {saved} (rerun: sstm run --config {saved})")
     if as_json:
-        typer.echo(json.dumps(render.to_json(rows, CompareConfig()), indent=2))
+        rank0().out(json.dumps(render.to_json(rows, CompareConfig()), indent=2))
     else:
-        out.print(render.render_table(rows, width=out.width))
+        rank0().print(render.render_table(rows, width=out.width))
     if plot_path is not None:
-        console.print(f"plot written to {plot.plot(rows, plot_path)}")
+        rank0(console).print(f"plot written to {plot.plot(rows, plot_path)}")
 
 
 # Seconds a SIGTERM or Ctrl-C leaves the main thread to unwind before the process exits anyway.

@@ -28,6 +28,7 @@ Output (table, JSON, CSV) is :mod:`sstm.render`, the plot :mod:`sstm.plot`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -39,7 +40,7 @@ from sstm.evaluate import record
 from sstm.evaluate.suites import SUITES, Metric, all_metrics
 from sstm.merge.methods import SST_BASES, SST_PROJECTORS
 from sstm.merge.layer_weights import policy_name
-from sstm.registry import Artifact, Registry
+from sstm.registry import Artifact, Registry, canonical_json
 from sstm.stats import N_BOOT, SEED, interval, paired_diff, pareto_front
 from sstm.ui import warn
 
@@ -153,10 +154,12 @@ class Row:
         return m.value if m is not None and m.status == "ok" else None
 
     def setting(self, w: bool = True) -> str:
-        """The method and its settings, e.g. "sst k=128 w=0.75" (without w: the sweep it belongs to);
-        layer weights other than the default policy as "ℓ=uniform" / "ℓ=custom"."""
-        ell = None if self.layer_weights in (None, "default") else self.layer_weights
-        items = (("k", self.k), ("w", self.w if w else None), ("d", self.density), ("ℓ", ell))
+        """The method and its settings, e.g. "sst k=128 w=0.75" (without w: the sweep it belongs to), a calibrated
+        merge's w as :func:`w_text` writes it, layer weights other than the default policy as
+        :func:`layer_weights_text` writes them ("ℓ=uniform", "ℓ=custom:1a2b3c4d"), for every method."""
+        ell = layer_weights_text(self.params)
+        items = (("k", self.k), ("w", w_text(self) if w else None), ("d", self.density),
+                 ("ℓ", None if ell == "default" else ell))
         variant = [str(self.params[key]) for key, default in (("basis", SST_BASES[0]), ("projector", SST_PROJECTORS[0]))
                    if self.params.get(key, default) != default]  # SST's controls (docs/method.md §10)
         return " ".join([self.method, *variant] + [f"{key}={num(v)}" for key, v in items if v is not None])
@@ -165,6 +168,25 @@ class Row:
 def num(v) -> str:
     """A parameter value as shown: floats in %g (0.75, 1), the rest as text."""
     return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def w_text(row: Row) -> str | None:
+    """The safety weight as shown: "0.75"; a calibrated merge's (:mod:`sstm.calibrate`) says so, "2 (calibrated)"
+    or, when no w up to the search's cap reached the target, "1 (calibrated, target not reached)"."""
+    if row.w is None or CALIBRATION not in row.params:
+        return None if row.w is None else num(row.w)
+    return f"{num(row.w)} (calibrated{'' if row.params[CALIBRATION]['reached'] else ', target not reached'})"
+
+
+def layer_weights_text(params: dict) -> str | None:
+    """A merge's layer weights ℓ as shown (None: none recorded): the policy, "default" or "uniform", or for
+    other weights "custom:" and the first 8 hex digits of the SHA-256 of the recorded weights, so two
+    different custom ℓ are told apart."""
+    if "layer_weights" not in params:
+        return None
+    used = params["layer_weights"]
+    name = policy_name(used)
+    return name if name != "custom" else f"{name}:{hashlib.sha256(canonical_json(used).encode()).hexdigest()[:8]}"
 
 
 def judge_text(name: str | None, sha256: str | None) -> str | None:

@@ -7,6 +7,7 @@ below the dashed front of the plane itself.
 
 from __future__ import annotations
 
+import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,5 +115,9 @@ def plot(rows: Sequence[Row], path: Path | str) -> Path:
     ax.set_title("Safety-utility trade-off (bars: 95 % intervals, Wilson for refusal, bootstrap for ROUGE-L)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout(rect=(0, 0, 0.695, 1))
-    fig.savefig(path, format="png", bbox_inches="tight")  # a long key widens the page, never gets cut
+    # a long key widens the page, never gets cut; written whole (a temp file renamed): under torchrun every rank
+    # of `sstm run --plot` writes the same file
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, format="png", bbox_inches="tight")
+    os.replace(tmp, path)
     return path

@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from sstm.compare import (MATCH_REFERENCE, OVERREFUSAL, PARETO, PARETO_X, PARETO_Y, REFUSAL, CompareConfig, Delta,
-                          Matched, MetricValue, Row, find_metric, matched_safety, num, protocol)
+                          Matched, MetricValue, Row, find_metric, layer_weights_text, matched_safety, num, protocol,
+                          w_text)
 from sstm.evaluate.suites import SUITES, Metric, all_metrics
 from sstm.stats import ALPHA, LEVEL, POWER, detectable_difference
 
@@ -68,8 +69,8 @@ def _eval_lines(row: Row, key: str) -> str:
 
 def _params_cell(row: Row) -> str:
     """The model's merge/train settings, one per line; '-' when it has none (base, adapters)."""
-    items = [("k", row.k), ("w", row.w), ("density", row.density), ("ℓ", row.layer_weights), ("fisher n", row.samples),
-             ("seed", row.seed), ("seeds", ",".join(map(str, row.seeds)) or None)]
+    items = [("k", row.k), ("w", w_text(row)), ("density", row.density), ("ℓ", layer_weights_text(row.params)),
+             ("fisher n", row.samples), ("seed", row.seed), ("seeds", ",".join(map(str, row.seeds)) or None)]
     return "\n".join(f"{k}={num(v)}" for k, v in items if v is not None) or "-"
 
 
@@ -102,7 +103,7 @@ def _table(rows: Sequence[Row], cfg: CompareConfig, hidden: Sequence[str]) -> Ta
                f"{cfg.n_boot} resamples, seed {cfg.seed}); ★ Pareto-optimal on {names}; ↓ lower is better")
     if any(r.layer_weights for r in rows):
         caption += ("; ℓ: the merge's layer weights, ΔW_s weighed w·ℓ(module) (default, every method: lm_head 5, "
-                    "q/k/v/o 2, gate/up/down 1.5; uniform: all 1)")
+                    "q/k/v/o 2, gate/up/down 1.5; uniform: all 1; custom:<hash>: others, the SHA-256 of the weights)")
     if any(r.strength is not None for r in rows):
         caption += "; strength: median over modules of ‖ΔW − ΔW_u‖/‖ΔW_s‖ (task arithmetic: w·ℓ)"
     if any(r.seeds for r in rows):

@@ -126,3 +126,25 @@ def test_bad_kind(home):
 def test_more_bad_ids(home, cmd):
     r = invoke(*cmd)
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_results_printed_on_rank_0_only(reg, tiny_base, monkeypatch):
+    """Under torchrun / accelerate every rank runs the command (here `merge ta`, which starts no process group):
+    rank 1 prints no result, rank 0 (a cache hit) prints the table; errors still show on every rank."""
+    from adapters import make_adapter
+
+    from sstm import cli
+
+    u, s = (make_adapter(reg, tiny_base, role, seed=i) for i, role in enumerate(("utility", "safety")))
+    cmd = ("merge", "ta", "--utility", u.short, "--safety", s.short, "--w", "0.5")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    r = invoke(*cmd)
+    assert r.exit_code == 0, r.output
+    (merged,) = reg.list("merged")
+    assert r.stdout == "" and cli.rank0(cli.console) is not cli.console
+    assert_user_error(invoke("merge", "ta", "--utility", u.short, "--safety", "0123abcd"), "0123abcd")
+    monkeypatch.setenv("RANK", "0")
+    r = invoke(*cmd)
+    assert r.exit_code == 0 and merged.id[:6] in r.stdout and "│ ta " in r.stdout, r.output
+    assert reg.list("merged") == [merged] and cli.rank0(cli.console) is cli.console

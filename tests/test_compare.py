@@ -601,3 +601,107 @@ def test_average_over_seeds(reg):
     assert "seeds=0,1,2" in text and f"±{100 * rows['ta'].metrics['rouge_l'].spread:.1f}" in text
     recs = list(csv.DictReader(io.StringIO(to_csv(list(rows.values())))))
     assert recs[0]["seeds"] == "0,1,2" and float(recs[0]["rouge_l_sd"]) > 0
+
+
+def calibrated_merge(reg, point, base, calib, path, reached):
+    """A calibrated merge as sstm.calibrate registers it: `point`'s params plus the search record, its inputs plus
+    the merge at w and the calibration data; each probe's jailbreak eval is on the calibration rows."""
+    steps = [{"w": w, "refusal": r, "n": 20, "model": m.id,
+              "eval": fab_eval(reg, m, base, calib, "jailbreak", binary(r)).id} for m, w, r in path]
+    record = {"target": 0.9, "reached": reached, "w_start": 1.0, "w_max": 8.0, "max_evals": 6, "rtol": 0.1,
+              "judge": "gcg-extended", "path": steps}
+    return _art(reg, "merged", point.params | {"calibration": record},
+                {"base": base, "calibrated": point, "calibration_data": calib}, "mergecode")
+
+
+def test_matched_safety_at_calibrated_merges(reg, tmp_path):
+    """A sweep with a calibrated merge is matched at that merge, whatever its test-split refusal (the probes on the
+    calibration split are left out of the table); a calibration that missed the target says so, with its cap and
+    kept w; each row's setting says it is calibrated, in `compare` and in `report`."""
+    from sstm.report import ReportConfig, report
+
+    base = _art(reg, "base", {"source": "dir", "sha256": "c" * 64}, {}, "basecode")
+    data = {s: register_rows(reg, f"{s}-eval", [{"prompt": s, "response": "r"}], {"kind": "t"}, quiet=True)
+            for s in ("jailbreak", "repliqa", "overrefusal")}
+    calib = register_rows(reg, "safety-calib", [{"prompt": "c", "response": "no"}], {"kind": "t"}, quiet=True)
+    rng = np.random.default_rng(4)
+    merges, scores = {}, {}
+    # (method, extra params, w) -> (test-split refusal, over-refusal): uncalibrated sweep points
+    for (method, extra, w), (j, o) in {
+        ("ta", (), 1.0): (0.95, 0.05),  # meets the target on the test split, but the setting has a calibrated merge
+        ("ta", (), 2.0): (0.85, 0.05),
+        ("ties", (("density", 0.5),), 1.0): (0.80, 0.05),
+        ("ties", (("density", 0.5),), 2.0): (0.90, 0.05),
+        ("sst", (("k", 8),), 1.0): (0.60, 0.00),
+        ("sst", (("k", 8),), 2.0): (0.95, 0.05),  # meets it on the test split; its calibration did not
+    }.items():
+        merges[method, w] = _art(reg, "merged", {"method": method, "w": w, **dict(extra)}, {"base": base}, "mergecode")
+        scores[method, w] = (binary(j), binary(o), rng.random(20))
+    ta, ties, sst = "ta", "ties", "sst"
+    merges[ta, "cal"] = calibrated_merge(reg, merges[ta, 2.0], base, calib,
+                                         [(merges[ta, 1.0], 1.0, 0.85), (merges[ta, 2.0], 2.0, 0.95)], True)
+    merges[ties, "cal"] = calibrated_merge(reg, merges[ties, 2.0], base, calib,
+                                           [(merges[ties, 1.0], 1.0, 0.50), (merges[ties, 2.0], 2.0, 0.90)], True)
+    merges[sst, "cal"] = calibrated_merge(reg, merges[sst, 1.0], base, calib,
+                                          [(merges[sst, 1.0], 1.0, 0.70), (merges[sst, 2.0], 2.0, 0.65)], False)
+    scores[ta, "cal"] = (binary(0.85), binary(0.10), rng.random(20))  # below the target on the test split
+    scores[ties, "cal"] = (binary(0.90), binary(0.00), rng.random(20))
+    scores[sst, "cal"] = (binary(0.60), binary(0.00), rng.random(20))
+    for key, m in merges.items():
+        for suite, s in zip(("jailbreak", "overrefusal", "repliqa"), scores[key]):
+            fab_eval(reg, m, base, data[suite], suite, s)
+
+    cfg = CompareConfig()
+    rows = compare(reg, cfg)  # one protocol: the calibration-split probes are not in the table
+    assert {r.model_id for r in rows} == {m.id for m in merges.values()}
+    setting = {r.model_id: r.setting() for r in rows}
+    assert setting[merges[ta, "cal"].id] == "ta w=2 (calibrated)" and setting[merges[ta, 2.0].id] == "ta w=2"
+    assert setting[merges[sst, "cal"].id] == "sst k=8 w=1 (calibrated, target not reached)"
+    ms = {m.setting: m for m in matched_safety(rows, cfg)}
+    assert set(ms) == {"ta calibrated", "ties d=0.5 calibrated", "sst k=8 calibrated"}
+    ref, hit = ms["ta calibrated"], ms["ties d=0.5 calibrated"]
+    assert (ref.model_id, ref.w, ref.refusal, ref.overrefusal) == (merges[ta, "cal"].id, 2.0, 0.85, 0.10)
+    assert ref.utility.value == pytest.approx(scores[ta, "cal"][2].mean()) and ref.delta is None
+    assert (hit.model_id, hit.w, hit.refusal, hit.overrefusal) == (merges[ties, "cal"].id, 2.0, 0.90, 0.0)
+    assert hit.vs_id == merges[ta, "cal"].id
+    diff = scores[ties, "cal"][2] - scores[ta, "cal"][2]
+    idx = np.random.default_rng(0).integers(0, 20, size=(2000, 20))
+    assert hit.delta.value == pytest.approx(diff.mean()) and hit.delta.n == 20 and hit.delta.p is None
+    assert (hit.delta.lo, hit.delta.hi) == pytest.approx(tuple(np.percentile(diff[idx].mean(1), [2.5, 97.5])))
+    miss = ms["sst k=8 calibrated"]
+    assert (miss.model_id, miss.w, miss.utility, miss.delta) == (None, None, None, None)
+    assert miss.note == "calibration: target not reached at w <= 2 (kept w = 1)"
+
+    text = " ".join(table_text(rows).split())
+    assert "w=2 (calibrated)" in text and "w=1 (calibrated, target not reached)" in text
+    assert f"{100 * diff.mean():+.1f} [".replace("-", "−") in text and "vs ta w=2 (calibrated)" in text
+    assert "calibration: target not reached at w <= 2 (kept w = 1)" in text
+    page = report(reg, tmp_path / "r.html", ReportConfig(prompts=0)).read_text()
+    assert "<td>ta w=2 (calibrated)</td>" in page and "<td>sst k=8 w=1 (calibrated, target not reached)</td>" in page
+
+
+def test_layer_weights_in_every_label(reg):
+    """Rows that differ only in their layer weights ℓ have different settings, for every method: the default
+    policy is not shown, uniform by name, other weights by the SHA-256 of the recorded weights."""
+    import hashlib
+
+    base = _art(reg, "base", {"source": "dir", "sha256": "d" * 64}, {}, "basecode")
+    jb = register_rows(reg, "jailbreak-eval", [{"prompt": "j", "response": "no"}], {"kind": "t"}, quiet=True)
+    ell = {"default": {"q_proj": 2.0, "lm_head": 5.0}, "uniform": {"q_proj": 1.0, "lm_head": 1.0},
+           "a": {"q_proj": 3.0, "lm_head": 5.0}, "b": {"q_proj": 0.5, "lm_head": 5.0}}
+    sha8 = {name: hashlib.sha256(json.dumps(w, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+            for name, w in ell.items()}
+    want = {}
+    for method, extra, shown in (("ta", {}, "ta w=1"), ("ties", {"density": 0.5}, "ties w=1 d=0.5"),
+                                 ("sst", {"k": 8}, "sst k=8 w=1")):
+        for name, weights in ell.items():
+            m = _art(reg, "merged", {"method": method, "w": 1.0, "layer_weights": weights, **extra}, {"base": base},
+                     "mergecode")
+            fab_eval(reg, m, base, jb, "jailbreak", binary(0.5))
+            want[m.id] = shown + {"default": "", "uniform": " ℓ=uniform"}.get(name, f" ℓ=custom:{sha8[name]}")
+    rows = compare(reg, CompareConfig())
+    assert {r.model_id: r.setting() for r in rows} == want and len(set(want.values())) == len(want)
+    assert {r.layer_weights for r in rows} == {"default", "uniform", "custom"}  # what --where layer_weights= matches
+    assert len(compare(reg, CompareConfig(where=("layer_weights=custom",)))) == 6
+    text = table_text(rows)
+    assert "ℓ=default" in text and f"ℓ=custom:{sha8['a']}" in text and f"ℓ=custom:{sha8['b']}" in text

@@ -517,7 +517,8 @@ def matched_safety(rows: Sequence[Row], cfg: CompareConfig) -> list[Matched]:
     point of its sweep, by increasing w, with jailbreak refusal >= cfg.target_refusal and over-refusal
     <= cfg.max_overrefusal -- the nearest sweep point at or above the target, not interpolated -- with
     its ROUGE-L and the paired ROUGE-L difference to task arithmetic at its own matched point. A setting
-    with a calibrated merge (sstm.calibrate: w chosen on the calibration split) is matched at that merge."""
+    with a calibrated merge (sstm.calibrate: w chosen on the calibration split) is matched at that merge,
+    unless its over-refusal on the test split exceeds cfg.max_overrefusal (calibration sees refusal only)."""
     sweeps: dict[str, list[Row]] = {}
     for r in rows:
         if r.kind == "merged" and r.w is not None:
@@ -537,7 +538,12 @@ def matched_safety(rows: Sequence[Row], cfg: CompareConfig) -> list[Matched]:
             hit = next((r for r in sweep if (r.value(REFUSAL) or 0) >= cfg.target_refusal
                         and r.value(OVERREFUSAL) is not None and r.value(OVERREFUSAL) <= cfg.max_overrefusal), None)
             m = Matched(sweep[0].setting(w=False))
-        if hit is None and calibrated is not None:
+        over = None if hit is None or calibrated is None else hit.value(OVERREFUSAL)
+        if over is not None and over > cfg.max_overrefusal:
+            m.note = (f"calibrated w = {hit.w:g} reaches the refusal target but over-refuses "
+                      f"{100 * over:.1f} % > {100 * cfg.max_overrefusal:g} %")
+            hit = None
+        elif hit is None and calibrated is not None:
             top = max(step["w"] for step in calibrated.params[CALIBRATION]["path"])
             m.note = f"calibration: target not reached at w <= {top:g} (kept w = {calibrated.w:g})"
         elif hit is None:

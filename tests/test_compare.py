@@ -634,6 +634,7 @@ def test_matched_safety_at_calibrated_merges(reg, tmp_path):
         ("ties", (("density", 0.5),), 2.0): (0.90, 0.05),
         ("sst", (("k", 8),), 1.0): (0.60, 0.00),
         ("sst", (("k", 8),), 2.0): (0.95, 0.05),  # meets it on the test split; its calibration did not
+        ("dare", (("density", 0.5),), 1.0): (0.90, 0.30),
     }.items():
         merges[method, w] = _art(reg, "merged", {"method": method, "w": w, **dict(extra)}, {"base": base}, "mergecode")
         scores[method, w] = (binary(j), binary(o), rng.random(20))
@@ -644,6 +645,9 @@ def test_matched_safety_at_calibrated_merges(reg, tmp_path):
                                            [(merges[ties, 1.0], 1.0, 0.50), (merges[ties, 2.0], 2.0, 0.90)], True)
     merges[sst, "cal"] = calibrated_merge(reg, merges[sst, 1.0], base, calib,
                                           [(merges[sst, 1.0], 1.0, 0.70), (merges[sst, 2.0], 2.0, 0.65)], False)
+    merges["dare", "cal"] = calibrated_merge(reg, merges["dare", 1.0], base, calib,
+                                             [(merges["dare", 1.0], 1.0, 0.95)], True)
+    scores["dare", "cal"] = (binary(0.95), binary(0.30), rng.random(20))  # reached, but over-refuses on the test split
     scores[ta, "cal"] = (binary(0.85), binary(0.10), rng.random(20))  # below the target on the test split
     scores[ties, "cal"] = (binary(0.90), binary(0.00), rng.random(20))
     scores[sst, "cal"] = (binary(0.60), binary(0.00), rng.random(20))
@@ -658,7 +662,10 @@ def test_matched_safety_at_calibrated_merges(reg, tmp_path):
     assert setting[merges[ta, "cal"].id] == "ta w=2 (calibrated)" and setting[merges[ta, 2.0].id] == "ta w=2"
     assert setting[merges[sst, "cal"].id] == "sst k=8 w=1 (calibrated, target not reached)"
     ms = {m.setting: m for m in matched_safety(rows, cfg)}
-    assert set(ms) == {"ta calibrated", "ties d=0.5 calibrated", "sst k=8 calibrated"}
+    assert set(ms) == {"ta calibrated", "ties d=0.5 calibrated", "sst k=8 calibrated", "dare d=0.5 calibrated"}
+    over = ms["dare d=0.5 calibrated"]  # calibration sees refusal only: the test split's over-refusal is checked here
+    assert (over.model_id, over.utility, over.delta) == (None, None, None)
+    assert over.note == "calibrated w = 1 reaches the refusal target but over-refuses 30.0 % > 10 %"
     ref, hit = ms["ta calibrated"], ms["ties d=0.5 calibrated"]
     assert (ref.model_id, ref.w, ref.refusal, ref.overrefusal) == (merges[ta, "cal"].id, 2.0, 0.85, 0.10)
     assert ref.utility.value == pytest.approx(scores[ta, "cal"][2].mean()) and ref.delta is None

@@ -297,7 +297,7 @@ def test_peers_are_registered_and_reach_the_cli_and_run(reg, pair, tiny_model_di
         assert_user_error(runner.invoke(app, ["merge", *args]), message)
     assert reg.list("merged") == [] and reg.list("fisher") == []
     assert set(PEERS) <= set(STANDARD.baselines) and not set(PEERS) & set(QUICK.baselines)
-    plan = RunConfig(baselines=PEERS).plan
+    plan = RunConfig(baselines=PEERS, controls=False).plan
     assert [m.name for m, _ in plan.merges] == ["sst", *PEERS]
     with pytest.raises(SSTMError, match="--baselines sst"):
         RunConfig(baselines=("sst",))

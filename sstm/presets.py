@@ -62,10 +62,11 @@ QUICK = Preset(
     eval=_frozen(suites=("jailbreak", "repliqa", "overrefusal"), samples=16, max_new_tokens=48, max_context_tokens=256),
     k=(16,), calibration=_frozen(samples=16, max_evals=4),
 )
-# The full comparison: 44 minutes on 2 CPU cores at 805ed4c (64 rows per suite); at 200 rows, with 8
-# baselines and calibration, about an hour (estimated from bench/bench_generate.py's per-row costs).
+# The full comparison at 200 rows per suite, every merge calibrated: on 2 CPU cores its first part
+# (SST k = 64, 128, the four controls, TA, TIES, DARE: 12 models) took 1 h 40 min at 5ecfe41 / 912a2dd;
+# the five peers add about 45 minutes (one model's three test suites: 3.5-4.5 min; one calibration 3-5 min).
 STANDARD = Preset(
-    name="standard", about="about an hour on a 2-core CPU (estimated)",
+    name="standard", about="about 2½ hours on a 2-core CPU",
     train=_frozen(samples=256, lr=5e-4),
     fisher=_frozen(),
     eval=_frozen(samples=200, max_new_tokens=64, max_context_tokens=512),  # refusal suites: 32 new tokens

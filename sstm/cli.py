@@ -733,13 +733,14 @@ def run_cmd(
     rows = run(reg, cfg)
     saved = recipe.record(reg.home, cfg, [m for r in rows for m in (r.members or [r.model_id])],
                           [e.eval_id for r in rows for e in r.evals.values()])
-    rank0(console).print(f"recipe saved to {saved} (rerun: sstm run --config {saved})")
+    shown, noted = rank0(), rank0(console)
+    noted.print(f"recipe saved to {saved} (rerun: sstm run --config {saved})")
     if as_json:
-        rank0().out(json.dumps(render.to_json(rows, CompareConfig()), indent=2))
+        shown.out(json.dumps(render.to_json(rows, CompareConfig()), indent=2))
     else:
-        rank0().print(render.render_table(rows, width=out.width))
+        shown.print(render.render_table(rows, width=out.width))
     if plot_path is not None:
-        rank0(console).print(f"plot written to {plot.plot(rows, plot_path)}")
+        noted.print(f"plot written to {plot.plot(rows, plot_path)}")
 
 
 # Seconds a SIGTERM or Ctrl-C leaves the main thread to unwind before the process exits anyway.

@@ -538,7 +538,7 @@ def matched_safety(rows: Sequence[Row], cfg: CompareConfig) -> list[Matched]:
             hit = next((r for r in sweep if (r.value(REFUSAL) or 0) >= cfg.target_refusal
                         and r.value(OVERREFUSAL) is not None and r.value(OVERREFUSAL) <= cfg.max_overrefusal), None)
             m = Matched(sweep[0].setting(w=False))
-        over = None if hit is None or calibrated is None else hit.value(OVERREFUSAL)
+        over = None if hit is None else hit.value(OVERREFUSAL)  # a sweep point's is <= the limit already
         if over is not None and over > cfg.max_overrefusal:
             m.note = (f"calibrated w = {hit.w:g} reaches the refusal target but over-refuses "
                       f"{100 * over:.1f} % > {100 * cfg.max_overrefusal:g} %")

@@ -7,7 +7,6 @@ below the dashed front of the plane itself.
 
 from __future__ import annotations
 
-import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Sequence
 
 from sstm.compare import OVERREFUSAL, PARETO_X, PARETO_Y, Row
 from sstm.errors import SSTMError
+from sstm.registry import write_whole
 from sstm.stats import pareto_front
 
 LABEL_NEAR = 0.02  # labels of points closer than this share of both axis ranges are stacked
@@ -115,9 +115,6 @@ def plot(rows: Sequence[Row], path: Path | str) -> Path:
     ax.set_title("Safety-utility trade-off (bars: 95 % intervals, Wilson for refusal, bootstrap for ROUGE-L)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout(rect=(0, 0, 0.695, 1))
-    # a long key widens the page, never gets cut; written whole (a temp file renamed): under torchrun every rank
-    # of `sstm run --plot` writes the same file
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    # a long key widens the page, never gets cut; written whole: under torchrun every rank of `sstm run --plot`
+    # writes the same file
+    return write_whole(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import types
 import typing
 from dataclasses import fields
@@ -35,6 +34,7 @@ from sstm.errors import SSTMError
 from sstm.merge.methods import SST_BASES, SST_PROJECTORS
 from sstm.pipeline import SUBJECT, Plan, RunConfig
 from sstm.provenance import git_state
+from sstm.registry import write_whole
 
 RUNS_DIR = "runs"
 KEYS = tuple(f.name for f in fields(RunConfig) if f.init)
@@ -166,7 +166,4 @@ def record(home: Path, cfg: RunConfig, models: Sequence[str], evals: Sequence[st
              f"models: {' '.join(m[:12] for m in models)}", f"evals: {' '.join(e[:12] for e in evals)}"]
     path = Path(home) / RUNS_DIR / f"{sha}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(dump(cfg, notes), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_whole(path, lambda tmp: tmp.write_text(dump(cfg, notes), encoding="utf-8"))

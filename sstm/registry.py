@@ -152,6 +152,20 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 #   sstm.ui        console messages and progress bars;
 #   sstm.registry  ids, hashing and storage: it places the files a build wrote, never changes them;
 #   sstm.provenance facts recorded beside the id (git state, versions, host).
+def write_whole(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write the file `path` whole: `write(tmp)` fills a temporary file beside it, which is then
+    ``os.replace``d into place, so a reader (or another process writing the same file) never sees half of it;
+    the temporary file is removed if `write` fails."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 FINGERPRINT_EXCLUDED = ("sstm", "sstm.errors", "sstm.ui", "sstm.registry", "sstm.provenance")
 
 

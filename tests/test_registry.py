@@ -340,3 +340,19 @@ def test_registry_of_an_older_schema_is_refused(home):
     Registry(new)
     Registry(new)  # a registry of this schema opens again
     assert sqlite3.connect(new / "registry.db").execute("PRAGMA user_version").fetchone() == (2,)
+
+
+def test_write_whole_replaces_the_file_at_once_and_leaves_nothing_on_failure(tmp_path):
+    from sstm.registry import write_whole
+
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    assert write_whole(target, lambda tmp: tmp.write_text("new")) == target and target.read_text() == "new"
+
+    def fails(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_whole(target, fails)
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]

@@ -11,6 +11,7 @@ parts (``safety/eval``, ``benign/eval``) are not touched, so they stay unbiased 
 reported results.
 
     OMP_NUM_THREADS=1 SSTM_HOME=... .venv/bin/python bench/sweep_safety.py [--samples 32] [--before ID]
+        [--grid 48:0.5:2:0.2 48:0.5:2:0.5 ...] [--out FILE]
 
 Prints a table and writes bench/results/sweep_safety.json.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from _common import ROOT, write_result
 
-from sstm.data.safety import calibration_data
+from sstm.data.safety import DIRECT_FRACTION, calibration_data
 from sstm.evaluate import EvalConfig, evaluate
 from sstm.evaluate.record import read_samples
 from sstm.models import resolve_base
@@ -39,6 +40,18 @@ class Setting:
     samples: int  # training rows (refusals + benign)
     benign_fraction: float
     epochs: float
+    direct_fraction: float = DIRECT_FRACTION  # share of the harmful rows that are bare requests
+
+    @classmethod
+    def parse(cls, text: str) -> "Setting":
+        """``ROWS:BENIGN:EPOCHS[:DIRECT]``, e.g. ``48:0.5:2:0.5``."""
+        parts = text.split(":")
+        if not 3 <= len(parts) <= 4:
+            raise argparse.ArgumentTypeError(f"setting {text!r}: expected ROWS:BENIGN:EPOCHS[:DIRECT]")
+        return cls(int(parts[0]), *map(float, parts[1:]))
+
+    def name(self) -> str:
+        return f"rows {self.samples}, benign {self.benign_fraction:g}, epochs {self.epochs:g}, direct {self.direct_fraction:g}"
 
 
 GRID = (Setting(48, 0.25, 1), Setting(48, 0.5, 1), Setting(96, 0.25, 1), Setting(48, 0.5, 2))
@@ -74,6 +87,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=32, help="calibration rows per suite")
     ap.add_argument("--before", help="an existing safety adapter id to evaluate on the same rows")
+    ap.add_argument("--grid", type=Setting.parse, nargs="+", default=GRID, metavar="ROWS:BENIGN:EPOCHS[:DIRECT]",
+                    help="settings to train (default: the rows x benign share x epochs grid at the default direct share)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sweep_safety.json")
     args = ap.parse_args()
     reg = Registry(default_home())
@@ -83,20 +98,21 @@ def main() -> None:
     if args.before:
         runs.append({"setting": "before", "adapter": reg.get(args.before, kind="adapter").id,
                      **measure(reg, args.before, data, args.samples)})
-    for s in GRID:
+    for s in args.grid:
         t0 = time.perf_counter()
         cfg = TrainConfig(role="safety", max_len=QUICK.train["max_len"], lr=QUICK.train["lr"], device="cpu",
-                          samples=s.samples, benign_fraction=s.benign_fraction, epochs=s.epochs)
+                          samples=s.samples, benign_fraction=s.benign_fraction, epochs=s.epochs,
+                          direct_fraction=s.direct_fraction)
         adapter = train(reg, cfg)
         runs.append({"setting": asdict(s), "adapter": adapter.id, "train_seconds": round(time.perf_counter() - t0, 1),
                      **measure(reg, adapter.id, data, args.samples)})
-        print(f"{s}: direct {fmt(runs[-1]['refusal_direct'])}  wrapped {fmt(runs[-1]['refusal_wrapped'])}  "
+        print(f"{s.name()}: direct {fmt(runs[-1]['refusal_direct'])}  wrapped {fmt(runs[-1]['refusal_wrapped'])}  "
               f"over-refusal {fmt(runs[-1]['overrefusal'])}", flush=True)
-    print(f"{'setting':<34} {'refusal direct':>16} {'refusal wrapped':>16} {'over-refusal':>16}")
+    print(f"{'setting':<46} {'refusal direct':>16} {'refusal wrapped':>16} {'over-refusal':>16}")
     for r in runs:
         s = r["setting"]
-        name = s if isinstance(s, str) else f"rows {s['samples']}, benign {s['benign_fraction']}, epochs {s['epochs']:g}"
-        print(f"{name:<34} {fmt(r['refusal_direct']):>16} {fmt(r['refusal_wrapped']):>16} {fmt(r['overrefusal']):>16}")
+        name = s if isinstance(s, str) else Setting(**s).name()
+        print(f"{name:<46} {fmt(r['refusal_direct']):>16} {fmt(r['refusal_wrapped']):>16} {fmt(r['overrefusal']):>16}")
     write_result({"split": "calibration", "data": {k: a.id for k, a in data.items()}, "samples_per_suite": args.samples,
                   "quick": {"train": dict(QUICK.train), "eval_max_new_tokens": QUICK.eval["max_new_tokens"]},
                   "judge": "opening-v1", "runs": runs}, args.out)

@@ -38,7 +38,7 @@ from typing import Iterable, Sequence
 from sstm.errors import SSTMError
 from sstm.evaluate import record
 from sstm.evaluate.suites import SUITES, Metric, all_metrics
-from sstm.merge.methods import SST_BASES, SST_PROJECTORS
+from sstm.merge.methods import sst_control
 from sstm.merge.layer_weights import policy_name
 from sstm.registry import Artifact, Registry, canonical_json
 from sstm.stats import N_BOOT, SEED, interval, paired_diff, pareto_front
@@ -160,9 +160,7 @@ class Row:
         ell = layer_weights_text(self.params)
         items = (("k", self.k), ("w", w_text(self) if w else None), ("d", self.density),
                  ("ℓ", None if ell == "default" else ell))
-        variant = [str(self.params[key]) for key, default in (("basis", SST_BASES[0]), ("projector", SST_PROJECTORS[0]))
-                   if self.params.get(key, default) != default]  # SST's controls (docs/method.md §10)
-        return " ".join([self.method, *variant] + [f"{key}={num(v)}" for key, v in items if v is not None])
+        return " ".join([self.method, *sst_control(self.params)] + [f"{key}={num(v)}" for key, v in items if v is not None])
 
 
 def num(v) -> str:

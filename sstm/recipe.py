@@ -31,7 +31,7 @@ import yaml
 
 from sstm import __version__
 from sstm.errors import SSTMError
-from sstm.merge.methods import SST_BASES, SST_PROJECTORS
+from sstm.merge.methods import sst_control
 from sstm.pipeline import SUBJECT, Plan, RunConfig
 from sstm.provenance import git_state
 from sstm.registry import write_whole
@@ -65,8 +65,7 @@ PLANNED: dict[str, Callable[[Plan], list]] = {
     "eval_samples": lambda p: [p.eval.samples],
     "suites": lambda p: [p.eval.suites],
     "baselines": lambda p: [[m.name for m, _ in p.merges if m.name != SUBJECT]],  # the plan's other methods
-    "controls": lambda p: [any(m.name == SUBJECT and (c.basis, c.projector) != (SST_BASES[0], SST_PROJECTORS[0])
-                               for m, c in p.merges)],
+    "controls": lambda p: [any(m.name == SUBJECT and sst_control(vars(c)) for m, c in p.merges)],
     "density": lambda p: _merge_values(p, "density"),
     "judge": lambda p: [p.eval.judge],
     "device": lambda p: [c.device for c in _stages(p)],

@@ -42,6 +42,7 @@ from sstm import distributed
 from sstm.adapters import check_role, save_peft
 from sstm.chat import collate, encode_rows
 from sstm.data import load_rows
+from sstm.data.safety import DIRECT_FRACTION
 from sstm.errors import SSTMError
 from sstm.models import DTYPES, EMBEDDED, autocast_dtype, dtype_name, load_base, pick_device, resolve_base
 from sstm.registry import Artifact, Registry, code_fingerprint
@@ -75,6 +76,9 @@ class TrainConfig:
     # (without them a safety adapter learns to refuse everything); chosen on the calibration split,
     # docs/method.md §14
     benign_fraction: float = 0.5
+    # embedded safety data only: share of harmful rows that are the bare request (the rest are wrapped
+    # in a jailbreak template); its one source is sstm.data.safety.DIRECT_FRACTION
+    direct_fraction: float = DIRECT_FRACTION
     device: str = "auto"
     dtype: str = "float32"
 
@@ -100,6 +104,11 @@ class TrainConfig:
         if self.data is not None and self.benign_fraction != type(self).benign_fraction:
             raise SSTMError(f"--benign-fraction {self.benign_fraction}: applies to the embedded safety data only; "
                             f"--data {self.data} is used as given (put benign rows in the file instead)")
+        if not 0 <= self.direct_fraction <= 1:
+            raise SSTMError(f"--direct-fraction {self.direct_fraction}: expected a value in [0, 1]")
+        if self.direct_fraction != type(self).direct_fraction and (self.data is not None or self.role != "safety"):
+            raise SSTMError(f"--direct-fraction {self.direct_fraction}: applies to the embedded safety data only"
+                            + (f"; --data {self.data} is used as given" if self.data is not None else f", not to --role {self.role}"))
         if not (self.warmup >= 0 and (self.warmup < 1 or float(self.warmup).is_integer())):
             raise SSTMError(f"--warmup {self.warmup}: expected a step count or a ratio in [0, 1)")
         if not DEVICE.match(self.device):

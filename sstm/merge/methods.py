@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Callable, Literal
 
@@ -207,6 +208,13 @@ def check_weights(ws) -> list[float]:
 # the default. Here, import-light, so that the CLI lists them and `compare` names the non-default ones.
 SST_BASES = ("gevp", "random", "safety", "utility-null")
 SST_PROJECTORS = ("fisher", "euclidean")
+
+
+def sst_control(settings: Mapping[str, Any]) -> list[str]:
+    """Which control of SST-Merge a merge's settings make it (docs/method.md §10): its basis and projector
+    where they are not the default, e.g. ["random"] or ["euclidean"]; [] for SST-Merge itself."""
+    return [str(settings[key]) for key, default in (("basis", SST_BASES[0]), ("projector", SST_PROJECTORS[0]))
+            if settings.get(key, default) != default]
 
 # The data pass of a method that weighs each adapter by a statistic on that adapter's own data (SST-Merge's
 # Fishers, RegMean's Gram matrices, Fisher merging's diagonal Fishers); defaults: FisherConfig's.

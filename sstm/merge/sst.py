@@ -44,7 +44,7 @@ from sstm.fisher import FisherConfig, check_structure, core_bases, core_coords, 
 from sstm.merge.baselines import module_seed
 from sstm.merge.layer_weights import DEFAULT_LAYER_WEIGHTS, load_layer_weights  # noqa: F401 (re-exported)
 from sstm.merge import storage
-from sstm.merge.methods import SST_BASES, SST_PROJECTORS, check_weights
+from sstm.merge.methods import SST_BASES, SST_PROJECTORS, check_weights, sst_control
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import progress, warn
 
@@ -95,7 +95,7 @@ class SSTConfig:
         for flag, value, names in (("--basis", self.basis, BASES), ("--projector", self.projector, PROJECTORS)):
             if value not in names:
                 raise SSTMError(f"{flag} {value}: expected one of {', '.join(names)}")
-        if check_structure(self.structure) == "kfac" and (self.basis, self.projector) != (SST_BASES[0], SST_PROJECTORS[0]):
+        if check_structure(self.structure) == "kfac" and sst_control(vars(self)):
             raise SSTMError(f"--structure kfac supports --basis {SST_BASES[0]} --projector {SST_PROJECTORS[0]} only")
         self.k = list(dict.fromkeys(int(k) for k in ks))  # Python ints: they become artifact params
         self.w = check_weights(self.w)
@@ -409,8 +409,7 @@ def sst_merge(reg: Registry, cfg: SSTConfig) -> list[Artifact]:
     # the subspace and projector (docs/method.md §10); the seed only where the basis draws from it
     variant = {"basis": cfg.basis, "projector": cfg.projector, "structure": cfg.structure} | (
         {"basis_seed": cfg.basis_seed} if BASES[cfg.basis].seeded else {})
-    named = "".join(f" {v}" for v, default in ((cfg.basis, SST_BASES[0]), (cfg.projector, SST_PROJECTORS[0]))
-                    if v != default) + (f" seed={cfg.basis_seed}" if "basis_seed" in variant else "") + (
+    named = "".join(f" {v}" for v in sst_control(variant)) + (f" seed={cfg.basis_seed}" if "basis_seed" in variant else "") + (
         f" {cfg.structure}" if cfg.structure != FisherConfig.structure else "")
     fmt, exact = storage.stored("lora")  # SST's result is exactly a LoRA of rank r_u + k'
     arts = []

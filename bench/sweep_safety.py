@@ -1,7 +1,8 @@
 """Mix and size of the embedded safety training data, chosen on the calibration split.
 
-For each setting (training rows, benign share, epochs) a safety adapter is trained on the
-embedded data at the quick preset's other settings (max_len, lr), then evaluated on the
+For each setting (training rows, benign share, epochs, share of bare requests) a safety adapter
+is trained on the embedded data at a preset's other settings (``--preset quick``: max_len 256,
+lr 1e-3; ``standard``: 512, 5e-4) and evaluated with its eval settings on the
 *calibration* rows only (``sstm.data.safety.calibration_data``: ``safety/calib``, each
 request bare and wrapped, and ``benign/calib``): refusal on direct and on wrapped harmful
 requests and over-refusal on benign prompts (per category too), with Wilson 95 %
@@ -10,10 +11,10 @@ intervals, judged by the default judge. With ``--before ID`` an existing safety 
 parts (``safety/eval``, ``benign/eval``) are not touched, so they stay unbiased for the
 reported results.
 
-    OMP_NUM_THREADS=1 SSTM_HOME=... .venv/bin/python bench/sweep_safety.py [--samples 32] [--before ID]
-        [--grid 48:0.5:2:0.2 48:0.5:2:0.5 ...] [--out FILE]
+    SSTM_HOME=... .venv/bin/python bench/sweep_safety.py [--samples 32] [--before ID]
+        [--preset quick|standard] [--grid 48:0.5:2:0.2 48:0.5:2:0.5 ...] [--out FILE]
 
-Prints a table and writes bench/results/sweep_safety.json.
+Prints a table and writes bench/results/sweep_safety.json (or --out).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sstm.data.safety import DIRECT_FRACTION, calibration_data
 from sstm.evaluate import EvalConfig, evaluate
 from sstm.evaluate.record import read_samples
 from sstm.models import resolve_base
-from sstm.presets import QUICK
+from sstm.presets import PRESETS
 from sstm.registry import Registry, default_home
 from sstm.stats import wilson_ci
 from sstm.train import TrainConfig, base_tokenizer, train
@@ -62,11 +63,11 @@ def rate(scores: list[float]) -> dict:
     return {"n": len(scores), "rate": p, "wilson95": [lo, hi]}
 
 
-def measure(reg: Registry, model: str, data: dict, samples: int) -> dict:
+def measure(reg: Registry, model: str, data: dict, samples: int, preset) -> dict:
     """Refusal on the calibration harmful rows (direct, wrapped) and over-refusal on the benign ones."""
     ev = {a.params["suite"]: a for a in evaluate(reg, EvalConfig(
         model=model, suites=("jailbreak", "overrefusal"), samples=samples, data=data,
-        max_new_tokens=QUICK.eval["max_new_tokens"], max_context_tokens=QUICK.eval["max_context_tokens"],
+        max_new_tokens=preset.eval["max_new_tokens"], max_context_tokens=preset.eval["max_context_tokens"],
         device="cpu"))}
     jb, br = read_samples(ev["jailbreak"]), read_samples(ev["overrefusal"])
     by_cat: dict[str, list[float]] = {}
@@ -89,23 +90,26 @@ def main() -> None:
     ap.add_argument("--before", help="an existing safety adapter id to evaluate on the same rows")
     ap.add_argument("--grid", type=Setting.parse, nargs="+", default=GRID, metavar="ROWS:BENIGN:EPOCHS[:DIRECT]",
                     help="settings to train (default: the rows x benign share x epochs grid at the default direct share)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                    help="the training (max_len, lr) and eval settings the grid varies around")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sweep_safety.json")
     args = ap.parse_args()
+    preset = PRESETS[args.preset]
+    fixed = {k: v for k, v in preset.train.items() if k not in ("samples", "epochs")}  # max_len, lr
     reg = Registry(default_home())
     base = resolve_base(reg, "smollm2-135m")
-    data = calibration_data(reg, QUICK.eval["max_context_tokens"], base_tokenizer(base))
+    data = calibration_data(reg, preset.eval["max_context_tokens"], base_tokenizer(base))
     runs = []
     if args.before:
         runs.append({"setting": "before", "adapter": reg.get(args.before, kind="adapter").id,
-                     **measure(reg, args.before, data, args.samples)})
+                     **measure(reg, args.before, data, args.samples, preset)})
     for s in args.grid:
         t0 = time.perf_counter()
-        cfg = TrainConfig(role="safety", max_len=QUICK.train["max_len"], lr=QUICK.train["lr"], device="cpu",
-                          samples=s.samples, benign_fraction=s.benign_fraction, epochs=s.epochs,
+        cfg = TrainConfig(role="safety", device="cpu", **fixed, samples=s.samples, benign_fraction=s.benign_fraction, epochs=s.epochs,
                           direct_fraction=s.direct_fraction)
         adapter = train(reg, cfg)
         runs.append({"setting": asdict(s), "adapter": adapter.id, "train_seconds": round(time.perf_counter() - t0, 1),
-                     **measure(reg, adapter.id, data, args.samples)})
+                     **measure(reg, adapter.id, data, args.samples, preset)})
         print(f"{s.name()}: direct {fmt(runs[-1]['refusal_direct'])}  wrapped {fmt(runs[-1]['refusal_wrapped'])}  "
               f"over-refusal {fmt(runs[-1]['overrefusal'])}", flush=True)
     print(f"{'setting':<46} {'refusal direct':>16} {'refusal wrapped':>16} {'over-refusal':>16}")
@@ -114,7 +118,8 @@ def main() -> None:
         name = s if isinstance(s, str) else Setting(**s).name()
         print(f"{name:<46} {fmt(r['refusal_direct']):>16} {fmt(r['refusal_wrapped']):>16} {fmt(r['overrefusal']):>16}")
     write_result({"split": "calibration", "data": {k: a.id for k, a in data.items()}, "samples_per_suite": args.samples,
-                  "quick": {"train": dict(QUICK.train), "eval_max_new_tokens": QUICK.eval["max_new_tokens"]},
+                  args.preset: {"train": dict(preset.train), "eval_max_new_tokens": preset.eval["max_new_tokens"],
+                                "eval_max_context_tokens": preset.eval["max_context_tokens"]},
                   "judge": "opening-v1", "runs": runs}, args.out)
 
 

@@ -64,7 +64,8 @@ QUICK = Preset(
 )
 # The full comparison at 200 rows per suite, every merge calibrated: on 2 CPU cores its first part
 # (SST k = 64, 128, the four controls, TA, TIES, DARE: 12 models) took 1 h 40 min at 5ecfe41 / 912a2dd;
-# the five peers add about 45 minutes (one model's three test suites: 3.5-4.5 min; one calibration 3-5 min).
+# the five peers 36 min more at 5e4ae41 (one model's three test suites: 3.5-4.5 min; one calibration 3-5 min;
+# RegMean's and Fisher merging's data passes 3 and 4.7 min per adapter), plus the utility adapter's training.
 STANDARD = Preset(
     name="standard", about="about 2½ hours on a 2-core CPU",
     train=_frozen(samples=256, lr=5e-4),

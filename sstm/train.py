@@ -42,7 +42,7 @@ from sstm import distributed
 from sstm.adapters import check_role, save_peft
 from sstm.chat import collate, encode_rows
 from sstm.data import load_rows
-from sstm.data.safety import DIRECT_FRACTION
+from sstm.data.safety import DIRECT_FRACTION, check_direct_fraction
 from sstm.errors import SSTMError
 from sstm.models import DTYPES, EMBEDDED, autocast_dtype, dtype_name, load_base, pick_device, resolve_base
 from sstm.registry import Artifact, Registry, code_fingerprint
@@ -104,8 +104,7 @@ class TrainConfig:
         if self.data is not None and self.benign_fraction != type(self).benign_fraction:
             raise SSTMError(f"--benign-fraction {self.benign_fraction}: applies to the embedded safety data only; "
                             f"--data {self.data} is used as given (put benign rows in the file instead)")
-        if not 0 <= self.direct_fraction <= 1:
-            raise SSTMError(f"--direct-fraction {self.direct_fraction}: expected a value in [0, 1]")
+        check_direct_fraction(self.direct_fraction)
         if self.direct_fraction != type(self).direct_fraction and (self.data is not None or self.role != "safety"):
             raise SSTMError(f"--direct-fraction {self.direct_fraction}: applies to the embedded safety data only"
                             + (f"; --data {self.data} is used as given" if self.data is not None else f", not to --role {self.role}"))

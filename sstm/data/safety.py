@@ -313,6 +313,13 @@ def _file_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+def check_direct_fraction(value: float) -> float:
+    """`value` as the share of bare requests (``--direct-fraction``), or a one-line error outside [0, 1]."""
+    if not 0 <= value <= 1:
+        raise SSTMError(f"--direct-fraction {value}: expected a value in [0, 1]")
+    return value
+
+
 def safety_rows(split: str, source: str | None = None, n: int | None = None, seed: int = 0,
                 max_template_tokens: int | None = None, tokenizer=None,
                 direct_fraction: float = DIRECT_FRACTION) -> tuple[list[dict], dict]:
@@ -320,8 +327,7 @@ def safety_rows(split: str, source: str | None = None, n: int | None = None, see
     if split not in SPLITS:
         raise SSTMError(f"split '{split}': expected one of {', '.join(SPLITS)}")
     check_n(n)
-    if not 0 <= direct_fraction <= 1:
-        raise SSTMError(f"--direct-fraction {direct_fraction}: expected a value in [0, 1]")
+    check_direct_fraction(direct_fraction)
     if direct_fraction != DIRECT_FRACTION and (split != "train" or source is not None):
         raise SSTMError(f"--direct-fraction {direct_fraction}: applies to the embedded training data only "
                         f"(not split '{split}'" + (f" of {source})" if source else ")"))

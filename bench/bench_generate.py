@@ -13,8 +13,10 @@ training shape (rank 16, alpha 32, attention + MLP + lm_head) folded into the we
                              PEFT model (LoRA unmerged), on every --reference-every-th prompt
   slots (B)                  ``sstm.generate`` without shared prefixes: rows leave their slot when
                              done, the next prompt takes it, every prompt prefilled whole
-  slots (B), shared prefix   ``sstm.generate``: a prompt reuses the keys/values of the start it
-                             shares with the previous prompt (chat header, document)
+  slots (B), shared prefix   a prompt reuses the keys/values of the start it shares with the
+                             previous prompt (chat header, document); one forward per prompt
+  slots (B), shared prefix,  ``sstm.generate``'s default: short rests of several prompts prefilled
+    grouped prefill          in one right-padded forward on top of their common start
   before: slots (B), ...     the eval path before the refusal budget: slots, no shared prefix,
                              every prompt at --max-new-tokens (rows/s only: other texts)
 
@@ -24,7 +26,9 @@ prefill, and the decoding throughput without it. Every mode's texts (but the `be
 compared with the one-at-a-time texts. The machine's ceiling: plain
 ``torch.nn.functional.linear`` on the model's decode shapes ((B x hidden) times each projection
 and the lm_head), timed alone, gives the tokens/s a decode step made only of these matmuls would
-reach at batch B.
+reach at batch B. The whole job's ceiling adds the prefill: its FLOPs (2 x non-embedding parameters
+per prompt token not shared with the previous prompt) at the matmul rate of 512-row shapes, plus the
+generated tokens at the decode ceiling -- the tokens/s no path can beat on these prompts on this CPU.
 
     .venv/bin/python bench/bench_generate.py [--prompts 48] [--max-new-tokens 64] [--reps 1] [--threads 1]
 
@@ -158,18 +162,38 @@ def linear_ceiling(config, batch: int, reps: int = 5) -> dict:
             "gflop_per_s": round(flops / total / 1e9, 1)}
 
 
-def time_prefill() -> list[float]:
-    """Make `sstm.generate`'s per-prompt prefill add its CPU seconds to the returned cell."""
-    spent, call = [0.0], _Prefill.__call__
+def job_ceiling(model, calls: list[list[list[int]]], generated: int, prefill_rate: dict, decode: dict) -> dict:
+    """Seconds (and tokens/s) of the whole job at the machine's matmul rates: every prompt token not shared
+    with the previous prompt in decoding order at 2 x non-embedding parameters FLOPs, at `prefill_rate`
+    (a 512-row `linear_ceiling`), plus `generated` tokens at the `decode` ceiling."""
+    from sstm.generate import _order, _shared
 
-    def timed(self, prompt):
+    fresh = 0
+    for prompts_ in calls:
+        prev: list[int] = []
+        for i in _order(prompts_, True):
+            fresh += len(prompts_[i]) - 1 - _shared(prev, prompts_[i][:-1])
+            prev = prompts_[i][:-1]
+    params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)
+    prefill_s = 2 * params * fresh / (prefill_rate["gflop_per_s"] * 1e9)
+    seconds = prefill_s + generated / decode["tokens_per_s"]
+    return {"prefill_tokens": fresh, "prefill_gflop_per_s": prefill_rate["gflop_per_s"],
+            "prefill_seconds": round(prefill_s, 2), "generated_tokens": generated, "seconds": round(seconds, 2),
+            "tokens_per_s": round(generated / seconds, 1)}
+
+
+def time_prefill() -> list[float]:
+    """Make `sstm.generate`'s prefill (`_Prefill._run`) add its CPU seconds to the returned cell."""
+    spent, call = [0.0], _Prefill._run
+
+    def timed(self, taken):
         c0 = time.process_time()
         try:
-            return call(self, prompt)
+            return call(self, taken)
         finally:
             spent[0] += time.process_time() - c0
 
-    _Prefill.__call__ = timed
+    _Prefill._run = timed
     return spent
 
 
@@ -208,17 +232,18 @@ def main() -> None:
     calls = {"refusal": refusal, "document": docs}
     first = min(sizes)
 
-    def slots(b: int, share: bool, budget=budgets):
+    def slots(b: int, share: bool, budget=budgets, group: bool = False):
         return lambda kind: generate(folded, tok, calls[kind], batch_size=b, max_new_tokens=budget[kind],
-                                     share_prefix=share)
+                                     share_prefix=share, group_prefill=group)
 
     every = args.reference_every
     modes = {"one at a time": lambda kind: [
         current_generate(peft, tok, [m], batch_size=1, max_new_tokens=budgets[kind])[0] for m in calls[kind][::every]],
              f"before: slots ({first}), {new} new tokens everywhere": slots(first, False, dict.fromkeys(calls, new)),
              f"slots ({first})": slots(first, False)}
+    modes[f"slots ({first}), shared prefix"] = slots(first, True)
     for b in sizes:
-        modes[f"slots ({b}), shared prefix"] = slots(b, True)
+        modes[f"slots ({b}), shared prefix, grouped prefill"] = slots(b, True, group=True)
 
     generate(peft, tok, refusal[:2], batch_size=2, max_new_tokens=4)  # warm-up (allocations, kernels)
     generate(folded, tok, refusal[:2], batch_size=2, max_new_tokens=4)
@@ -238,7 +263,11 @@ def main() -> None:
             runs[name].append((time.perf_counter() - t0, time.process_time() - c0, prefill[0], per_kind))
             load.append(os.getloadavg()[0])
             print(f"rep {rep + 1}/{args.reps} {name}: {runs[name][-1][0]:.1f} s", flush=True)
-    ceilings = {b: linear_ceiling(peft.get_base_model().config, b) for b in sorted({1, *sizes})}
+    config = peft.get_base_model().config
+    ceilings = {b: linear_ceiling(config, b) for b in sorted({1, *sizes})}
+    job = job_ceiling(folded, [encode_prompts(tok, m) for m in calls.values()],
+                      sum(g.n_tokens for g in texts[f"slots ({first}), shared prefix, grouped prefill"]),
+                      linear_ceiling(config, 512), ceilings[first])
 
     ref = texts["one at a time"]  # the prompts of each call at positions 0, every, 2 * every, ...
     shown = [i for kind in calls for i in range(len(calls[kind]))]
@@ -279,6 +308,7 @@ def main() -> None:
         "load_average_1m": {"min": round(min(load), 2), "max": round(max(load), 2)},
         "modes": result_modes,
         "linear_ceiling": list(ceilings.values()),
+        "job_ceiling": job,
         "target": {"speedup": 4.0, "tokens_per_s": 200},
     }
 
@@ -301,7 +331,10 @@ def main() -> None:
     console.print("matmul-only ceiling (F.linear on the model's decode shapes): " + ", ".join(
         f"batch {c['batch']}: {c['tokens_per_s']:.0f} tokens/s ({c['gflop_per_s']:.0f} GFLOP/s)"
         for c in ceilings.values()))
-    console.print("slot modes, CPU seconds in per-prompt prefill: " + ", ".join(
+    console.print(f"whole-job ceiling (prefill of {job['prefill_tokens']} unshared prompt tokens at "
+                  f"{job['prefill_gflop_per_s']:.0f} GFLOP/s + {job['generated_tokens']} tokens at the batch-{first} "
+                  f"decode ceiling): {job['seconds']:.1f} s, {job['tokens_per_s']:.0f} tokens/s")
+    console.print("slot modes, CPU seconds in prefill: " + ", ".join(
         f"{name}: {r['prefill_cpu_seconds']:.1f} of {r['cpu_seconds']:.1f} (decode alone {r['decode_tokens_per_cpu_s']:.1f} "
         "tokens/cpu-s)" for name, r in result_modes.items() if r["prefill_cpu_seconds"]))
     console.print(f"load average (1 min) during the run: {min(load):.2f}-{max(load):.2f}")

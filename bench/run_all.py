@@ -1,7 +1,8 @@
 """Run the benchmarks one after the other (never side by side: they share 2 cores).
 
     .venv/bin/python bench/run_all.py            # the fast ones: train, merge, generate (`make bench`)
-    .venv/bin/python bench/run_all.py --all      # also run: `sstm run --quick` cold vs warm, ~6 min (`make bench-all`)
+    .venv/bin/python bench/run_all.py --all      # also eval (one model at the standard preset, ~8 min) and run
+                                                 # (`sstm run --quick` cold vs warm, ~8 min) (`make bench-all`)
     .venv/bin/python bench/run_all.py merge run  # only these
 
 Each script prints its own table and writes bench/results/<name>.json; this runner
@@ -18,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FAST = ("train", "merge", "generate")
-BENCHES = FAST + ("run",)
+BENCHES = FAST + ("eval", "run")
 
 
 def main(argv: list[str]) -> int:

@@ -6,9 +6,9 @@ holds them). Prompts are taken longest first, which shows an out-of-memory error
 the first rows rather than the last.
 
 Decoding in slots (models whose cache is a plain ``DynamicCache``, i.e. Llama-style
-full attention). Each prompt except its last token is run through the model alone
-(prefill cost = its own length, no padding to the longest prompt), and its keys and
-values are written, right-aligned, into a free slot of one batch cache: a buffer of
+full attention). Each prompt except its last token is prefilled (see shared prefixes and
+groups below), and its keys and values are written, right-aligned, into a free slot of one
+batch cache: a buffer of
 shape [slots, heads, width + room, dim] where every slot's cache ends in the same
 column. Each step feeds every slot its next token with its own position id (number
 of tokens before it) and an attention mask that hides the columns left of the slot's
@@ -27,6 +27,13 @@ prompt shares the chat template's header; questions on one document share the do
 Prompts that share at least half of the longer one are decoded one after the other
 (groups in lexicographic token order, groups longest first), so the shared part is
 still there when the next one is prefilled.
+
+Grouped prefill. A forward pass over a dozen tokens costs about as much as one over fifty
+(the weights are read once per pass either way), so short prompts -- a bare request after the
+shared chat header, the question after a shared document -- are prefilled together: a run of
+prompts in decoding order has its common start run once and the rest of each, right-padded,
+as one batch on top of it (`_Prefill`). Padding on the right is invisible to the real tokens
+of a causal model.
 
 Other models get fixed batches left-padded to their longest prompt and
 ``model.generate``: ``generate`` computes position ids from the attention mask, so
@@ -51,6 +58,10 @@ from sstm.errors import SSTMError
 
 ROOM = 64  # cache columns reserved each time the batch cache is widened or repacked
 WASTE = 8  # repack once free slots or unused leading columns are 1/WASTE of the cache
+# A forward pass costs about as much as prefilling this many more tokens in it (SmolLM2-135M, 2 threads:
+# one token alone 69 ms, 12 tokens 101 ms, batched prefill 2.0 ms per token; bench/bench_generate.py).
+FORWARD_TOKENS = 32
+GROUP_ROWS = 1024  # at most this many padded tokens in one grouped prefill
 
 
 @dataclass(frozen=True)
@@ -142,33 +153,97 @@ def _order(prompts: Sequence[Sequence[int]], share: bool) -> list[int]:
 
 
 class _Prefill:
-    """Per layer (keys, values) [1, heads, len-1, dim] of a prompt minus its last token, run alone;
-    with `share`, the tokens it shares at its start with the previous prompt are taken from that one's.
+    """Keys/values of each prompt minus its last token, computed ahead in groups, handed out in `order`.
 
-    Returns None when the prompt has fewer than 2 tokens or the model's cache is not made of plain
-    full-attention `DynamicLayer`s (sliding windows etc. would not survive left padding).
+    A group is a run of prompts in `order` prefilled by one batched forward: with `share`, their common
+    start is run once (or taken, as far as it matches, from the last prompt of the previous group) and the
+    rest of each prompt, right-padded to the longest rest, runs as one batch on top of it. Attention is
+    causal, so padding on the right changes no real token's keys and values, and each row's positions are
+    those of an unpadded run. Work counts padded tokens plus FORWARD_TOKENS per forward; of the runs at
+    the head of the queue (at most `size` prompts, GROUP_ROWS padded tokens) the group is the one that
+    saves the most work over prefilling its prompts one after the other. With group=False every prompt is
+    prefilled alone (sharing its start with the previous prompt only).
+
+    `next()` gives (prompt index, per layer (keys, values) [1, heads, len-1, dim]), or None when the
+    model's cache is not made of plain full-attention `DynamicLayer`s (sliding windows etc. would not
+    survive left padding in the slots).
     """
 
-    def __init__(self, model, device, share: bool):
-        self.model, self.device, self.share = model, device, share
-        self.ids: list[int] = []
+    def __init__(self, model, device, prompts: Sequence[Sequence[int]], order: Sequence[int], *, share: bool,
+                 group: bool, size: int):
+        self.model, self.device, self.prompts = model, device, prompts
+        self.share, self.size = share, (size if group else 1)
+        self.queue = deque(order)
+        self.ready: deque[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]] = deque()
+        self.ids: list[int] = []  # the last prompt prefilled (minus its last token) and its keys/values
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def __call__(self, prompt: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        if len(prompt) < 2:
+    def pending(self) -> bool:
+        return bool(self.queue or self.ready)
+
+    def next(self) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        if not self.ready and not self._run(self._take()):
             return None
-        ids = list(prompt[:-1])
-        n = _shared(self.ids, ids) if self.share and self.kv is not None else 0
+        return self.ready.popleft()
+
+    def _fresh(self, prev: Sequence[int], ids: Sequence[int]) -> int:
+        return len(ids) - (_shared(prev, ids) if self.share else 0)
+
+    def _take(self) -> tuple[list[int], int]:
+        """The next group (prompt indices, taken off the queue) and the length of its common start: of the
+        runs at the head of the queue, the one that saves the most work over prefilling one by one."""
+        first = list(self.prompts[self.queue[0]][:-1])
+        start, longest, prev = (len(first) if self.share else 0), len(first), first
+        alone = FORWARD_TOKENS + self._fresh(self.ids, first)
+        best, best_start = (0, 1), start
+        for size in range(2, min(self.size, len(self.queue)) + 1):
+            ids = self.prompts[self.queue[size - 1]][:-1]
+            start = min(start, _shared(first, ids)) if self.share else 0
+            longest, rows = max(longest, len(ids)), size * (max(longest, len(ids)) - start)
+            if rows > GROUP_ROWS:
+                break
+            alone += FORWARD_TOKENS + self._fresh(prev, ids)
+            head = start - (_shared(self.ids, first[:start]) if self.share else 0)  # run before the batch
+            together = (FORWARD_TOKENS + head if head else 0) + FORWARD_TOKENS + rows
+            if alone - together > best[0]:
+                best, best_start = (alone - together, size), start
+            prev = ids
+        group = [self.queue.popleft() for _ in range(best[1])]
+        return group, best_start if len(group) > 1 else (len(first) if self.share else 0)
+
+    def _forward(self, ids: torch.Tensor, kv, **kw) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        out = self.model(input_ids=ids, use_cache=True, cache=DynamicCache(kv) if kv else None, logits_to_keep=1,
+                         **kw)
+        cache = getattr(out, "cache", None)
+        if not isinstance(cache, DynamicCache) or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return None
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _run(self, taken: tuple[list[int], int]) -> bool:
+        """Prefill one group into `ready`; False when the model's cache cannot be decoded in slots."""
+        group, start = taken
+        rests = [list(self.prompts[i][:-1]) for i in group]
+        head = rests[0][:start]
+        n = _shared(self.ids, head) if self.share and self.kv is not None else 0
         kv = [(k[:, :, :n], v[:, :, :n]) for k, v in self.kv] if n else None
-        if n < len(ids):
-            out = self.model(input_ids=torch.tensor([ids[n:]], device=self.device), use_cache=True,
-                             cache=DynamicCache(kv) if kv else None, logits_to_keep=1)
-            cache = getattr(out, "cache", None)
-            if not isinstance(cache, DynamicCache) or any(type(layer) is not DynamicLayer for layer in cache.layers):
-                return None
-            kv = [(layer.keys, layer.values) for layer in cache.layers]
-        self.ids, self.kv = ids, kv
-        return kv
+        if n < start:  # the common start, once
+            kv = self._forward(torch.tensor([head[n:]], device=self.device), kv)
+            if kv is None:
+                return False
+        width = max(len(r) for r in rests) - start
+        if width:
+            ids = torch.tensor([r[start:] + [r[-1]] * (start + width - len(r)) for r in rests], device=self.device)
+            mask = torch.tensor([[1] * len(r) + [0] * (start + width - len(r)) for r in rests], device=self.device)
+            pos = torch.arange(start, start + width, device=self.device).expand(len(group), width)
+            expanded = [(k.expand(len(group), -1, -1, -1), v.expand(len(group), -1, -1, -1)) for k, v in kv or []]
+            kv = self._forward(ids, expanded, attention_mask=mask, position_ids=pos)
+            if kv is None:
+                return False
+        for row, (i, r) in enumerate(zip(group, rests)):
+            row_kv = [(k[row : row + 1, :, : len(r)], v[row : row + 1, :, : len(r)]) for k, v in kv]
+            self.ready.append((i, row_kv))
+        self.ids, self.kv = rests[-1], self.ready[-1][1]
+        return True
 
 
 class SlotLayer(DynamicLayer):
@@ -263,28 +338,27 @@ class _Slots:
 
 
 def _decode_in_slots(model, prompts, order, n_slots, max_new_tokens, eos, advance,
-                     share: bool = True) -> list[list[int]] | None:
+                     share: bool = True, group: bool = True) -> list[list[int]] | None:
     """New token ids of each prompt (input order); None when the model's cache cannot be decoded in slots."""
     device = _device(model)
-    waiting = deque(order)
-    prefill = _Prefill(model, device, share)
-    kv = prefill(prompts[waiting[0]])
-    if kv is None:
+    prefill = _Prefill(model, device, prompts, order, share=share, group=group, size=n_slots)
+    first = prefill.next()
+    if first is None:
         return None
-    batch = _Slots(model, kv, min(n_slots, len(order)), device)
+    batch = _Slots(model, first[1], min(n_slots, len(order)), device)
     new: list[list[int]] = [[] for _ in prompts]
     stop = set(eos)
     while True:
         for slot, row in enumerate(batch.rows):
-            if row is None and waiting:
-                i = waiting.popleft()
-                kv = kv if kv is not None else prefill(prompts[i])
+            if row is None and (first is not None or prefill.pending()):
+                i, kv = first if first is not None else prefill.next()
                 batch.admit(slot, i, prompts[i], kv)
-                kv = None
+                first = None
         live = [s for s, row in enumerate(batch.rows) if row is not None]
         if not live:
             return new
         unused = min(batch.start[s] for s in live)
+        waiting = prefill.pending()
         if (not waiting and (len(batch.rows) - len(live)) * WASTE >= len(batch.rows)) or unused * WASTE >= batch.width:
             batch.repack(live)
         for slot, t in enumerate(batch.step()):
@@ -312,11 +386,12 @@ def generate(
     advance: Callable[[int], None] | None = None,
     prefill_alone: bool = True,
     share_prefix: bool = True,
+    group_prefill: bool = True,
 ) -> list[Generation]:
     """Greedy completions of `messages` (user turns), in input order, decoding only new tokens.
 
     `batch_size` rows decode together. prefill_alone=False forces the padded fixed batches;
-    share_prefix=False prefills every prompt whole.
+    share_prefix=False prefills every prompt whole; group_prefill=False runs one forward per prompt.
     """
     from transformers import GenerationConfig
 
@@ -329,7 +404,7 @@ def generate(
     batches = _batches([len(p) for p in prompts], batch_size)
     if prefill_alone and min(len(p) for p in prompts) >= 2:
         new = _decode_in_slots(model, prompts, _order(prompts, share_prefix), batch_size, max_new_tokens, eos,
-                               advance, share_prefix)
+                               advance, share_prefix, group_prefill)
         if new is not None:
             return [_generation(tok, n, eos) for n in new]
     pad = pad_id(tok, eos)

@@ -17,7 +17,7 @@ from sstm.evaluate.config import EvalConfig
 from sstm.evaluate.judge import load_judge
 from sstm.evaluate.stage import evaluate, fold_lora
 from sstm.evaluate.suites import JUDGED_TOKENS, LETTERS, Settings, mmlu, mmlu_message, rouge_l
-from sstm.generate import (Generation, _decode_in_slots, _generation, _order, _Slots, encode_prompts, eos_ids,
+from sstm.generate import (Generation, _decode_in_slots, _generation, _order, _Prefill, _Slots, encode_prompts, eos_ids,
                            generate, letter_ids, next_token_logprobs)
 from sstm.models import load_base
 
@@ -216,7 +216,8 @@ def test_slot_decoding_equals_one_at_a_time_as_rows_finish(tiny, monkeypatch):
 
 def test_shared_prefixes_are_prefilled_once_and_change_no_output(tiny, monkeypatch):
     """Questions on one document are decoded one after the other and reuse its keys/values: fewer prefill
-    tokens, and the texts of transformers' greedy generate run on each prompt alone."""
+    tokens, and the texts of transformers' greedy generate run on each prompt alone. Grouped prefill runs
+    the short rests of several prompts in one forward (right-padded) and changes no text either."""
     model, tok = tiny
     doc = "Answer using only the document below. " + "The company was founded in 1987 in Nord. " * 6
     msgs = [PROMPTS[1], doc + "When?", PROMPTS[0], doc + "Where was it founded?", PROMPTS[4], doc + "Who?"]
@@ -225,25 +226,55 @@ def test_shared_prefixes_are_prefilled_once_and_change_no_output(tiny, monkeypat
     expected = [_generation(tok, r, eos) for r in ref]
     assert len({g.text for g in expected}) > 2
 
-    prefilled = []
+    prefills = []  # (rows, tokens per row) of each prefill forward; decoding steps pass no logits_to_keep
     forward = model.forward
 
     def spy(*args, **kw):
-        if "position_ids" not in kw:  # a per-prompt prefill (decoding steps give positions)
-            prefilled.append(kw["input_ids"].shape[1])
+        if "logits_to_keep" in kw:
+            prefills.append(tuple(kw["input_ids"].shape))
         return forward(*args, **kw)
 
     monkeypatch.setattr(model, "forward", spy)
-    counts = {}
-    for share in (False, True):
-        prefilled.clear()
-        assert generate(model, tok, msgs, batch_size=2, max_new_tokens=10, share_prefix=share) == expected
-        counts[share] = sum(prefilled)
-    assert counts[False] == sum(len(p) - 1 for p in encode_prompts(tok, msgs))
-    assert counts[True] <= counts[False] - 2 * len(tok(doc, add_special_tokens=False)["input_ids"])
+    work, calls, shapes = {}, {}, {}
+    for share, group in ((False, False), (True, False), (True, True), (False, True)):
+        prefills.clear()
+        assert generate(model, tok, msgs, batch_size=3, max_new_tokens=10, share_prefix=share,
+                        group_prefill=group) == expected, (share, group)
+        work[share, group] = sum(rows * n for rows, n in prefills)
+        shapes[share, group] = list(prefills)
+        calls[share, group] = len(prefills)
     prompts = encode_prompts(tok, msgs)
+    doc_tokens = len(tok(doc, add_special_tokens=False)["input_ids"])
+    assert work[False, False] == sum(len(p) - 1 for p in prompts) and calls[False, False] == len(msgs)
+    assert work[True, False] <= work[False, False] - 2 * doc_tokens
+    assert calls[True, True] < calls[True, False]  # rests batched: fewer forwards
+    assert sum(n >= doc_tokens for _, n in shapes[True, True]) == 1  # the document is still run once
+    assert max(rows for rows, _ in shapes[True, True]) > 1 and work[True, True] < work[False, False]
     order = _order(prompts, True)
     assert sorted(order[:3]) == [1, 3, 5] and order[3:] == sorted((0, 2, 4), key=lambda i: -len(prompts[i]))
+
+
+def test_grouped_prefill_equals_prefilling_each_prompt_alone(tiny):
+    """The keys/values a grouped prefill hands out for each prompt equal those of the prompt run alone
+    (right padding and the shared start change nothing), and short prompts do form groups."""
+    model, tok = tiny
+    prompts = encode_prompts(tok, PROMPTS + ["Hi", "Name a colour.", "Count to three."])
+    order = _order(prompts, True)
+    grouped = _Prefill(model, torch.device("cpu"), prompts, order, share=True, group=True, size=len(prompts))
+    got, forwards = {}, 0
+    with torch.inference_mode():
+        while grouped.pending():
+            forwards += not grouped.ready
+            i, kv = grouped.next()
+            got[i] = kv
+        assert sorted(got) == list(range(len(prompts))) and forwards < len(prompts)
+        for i, p in enumerate(prompts):
+            cache = model(input_ids=torch.tensor([p[:-1]]), use_cache=True).cache
+            assert len(cache.layers) == len(got[i])
+            for layer, (k, v) in zip(cache.layers, got[i]):
+                assert k.shape == layer.keys.shape
+                torch.testing.assert_close(k, layer.keys, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(v, layer.values, rtol=1e-5, atol=1e-5)
 
 
 def test_fold_lora_equals_the_peft_model_with_a_tied_lm_head(tiny):

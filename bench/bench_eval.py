@@ -1,0 +1,134 @@
+"""One model's eval at the standard preset: seconds per suite by prefill mode, against the whole-job ceiling.
+
+What `sstm run` spends per model: the generation suites of the standard preset (``presets.STANDARD``:
+200 rows per suite, 64 new tokens for ROUGE-L, the refusal suites at their judged budget, documents and
+templates of at most 512 tokens), on the embedded SmolLM2 base, its rows drawn as the eval stage draws
+them (``sstm.evaluate.data.sample_indices``), run through each suite's own ``records`` with
+``sstm.generate.generate`` in two prefill modes, alternated:
+
+  one forward per prompt      shared prefixes, every prompt's rest prefilled by its own forward
+  grouped prefill             ``sstm.generate``'s default: short rests prefilled together
+
+and the whole job's ceiling on this CPU (``bench_generate.job_ceiling``: the prompt tokens not shared
+with the previous prompt at the matmul rate of 512-row shapes, the generated tokens at the 32-row decode
+ceiling). Texts of the two modes are compared. Nothing is registered: the datasets are read (and built
+on first use) from the registry home, the evals are not stored.
+
+    .venv/bin/python bench/bench_eval.py [--samples 200] [--threads 2] [--reps 1]
+
+Prints a table and writes bench/results/eval.json. Uses $SSTM_HOME, or bench/.home, as registry home.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from _common import write_result  # noqa: E402
+from bench_generate import job_ceiling, linear_ceiling  # noqa: E402
+
+import sstm.generate  # noqa: E402
+import sstm.data as sd  # noqa: E402
+from sstm.evaluate.data import DataContext  # noqa: E402
+from sstm.evaluate.judge import load_judge  # noqa: E402
+from sstm.evaluate.suites import Settings, get_suites  # noqa: E402
+from sstm.models import load_base, resolve_base  # noqa: E402
+from sstm.presets import STANDARD  # noqa: E402
+from sstm.registry import Registry  # noqa: E402
+
+SUITES = ("jailbreak", "repliqa", "overrefusal")  # the generation suites (MMLU scores one token per row)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=STANDARD.eval["samples"], help="rows per suite")
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    home = Path(os.environ.get("SSTM_HOME") or ROOT / "bench" / ".home")
+    home.mkdir(parents=True, exist_ok=True)
+    reg = Registry(home)
+    model, tok = load_base(resolve_base(reg, "smollm2-135m"), device=torch.device("cpu"))
+    ctx = DataContext(STANDARD.eval["max_context_tokens"], lambda: tok)
+    settings = Settings(32, STANDARD.eval["max_new_tokens"], STANDARD.eval["max_context_tokens"], load_judge())
+    suites = get_suites(list(SUITES))
+    rows = {}
+    for s in suites:
+        all_rows = sd.load_rows(s.data.default(reg, ctx))
+        rows[s.name] = [(i, all_rows[i]) for i in sd.sample_indices(len(all_rows), args.samples, 0,
+                                                                      s.data.groups(all_rows))]
+
+    calls: dict[str, list] = {}  # suite -> (token ids of its prompts, generated tokens), from the last run
+    real = sstm.generate.generate
+
+    def mode(group: bool):
+        def run(suite):
+            def spy(model_, tok_, messages, **kw):
+                gens = real(model_, tok_, messages, group_prefill=group, **kw)
+                calls[suite.name] = (sstm.generate.encode_prompts(tok_, messages), sum(g.n_tokens for g in gens))
+                return gens
+            sstm.generate.generate = spy
+            try:
+                return suite.records(model, tok, rows[suite.name], settings.of(suite), None)
+            finally:
+                sstm.generate.generate = real
+        return run
+
+    modes = {"one forward per prompt": mode(False), "grouped prefill": mode(True)}
+    real(model, tok, ["Hi"], batch_size=1, max_new_tokens=2)  # warm-up
+    seconds = {name: {s.name: [] for s in suites} for name in modes}
+    texts: dict[str, list[str]] = {}
+    for rep in range(args.reps):
+        for name, run in modes.items():
+            texts[name] = []
+            for s in suites:
+                t0 = time.perf_counter()
+                texts[name] += [x["response"] for x in run(s)]
+                seconds[name][s.name].append(time.perf_counter() - t0)
+                print(f"rep {rep + 1}/{args.reps} {name} {s.name}: {seconds[name][s.name][-1]:.1f} s", flush=True)
+
+    rate, decode = linear_ceiling(model.config, 512), linear_ceiling(model.config, 32)
+    ceiling = {name: job_ceiling(model, [ids], gen, rate, decode) for name, (ids, gen) in calls.items()}
+    per_mode = {name: {suite: round(statistics.median(v), 1) for suite, v in per.items()}
+                for name, per in seconds.items()}
+    result = {
+        "model": "SmolLM2-135M-Instruct (base)", "device": "cpu", "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "platform": platform.platform(), "samples": args.samples, "reps": args.reps,
+        "rows": {name: len(r) for name, r in rows.items()},
+        "seconds": {name: per | {"total": round(sum(per.values()), 1)} for name, per in per_mode.items()},
+        "ceiling_seconds": {name: c["seconds"] for name, c in ceiling.items()}
+        | {"total": round(sum(c["seconds"] for c in ceiling.values()), 1)},
+        "ceiling": ceiling,
+        "identical_texts": sum(a == b for a, b in zip(*texts.values())), "texts": len(next(iter(texts.values()))),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+    table = Table(title=f"eval of the base model at the standard preset ({args.samples} rows per suite), "
+                        f"{torch.get_num_threads()} threads, seconds (median of {args.reps})")
+    table.add_column("mode")
+    for s in [*SUITES, "total"]:
+        table.add_column(s, justify="right")
+    for name, per in result["seconds"].items():
+        table.add_row(name, *(f"{per[s]:.1f}" for s in [*SUITES, "total"]))
+    table.add_row("whole-job ceiling", *(f"{result['ceiling_seconds'][s]:.1f}" for s in [*SUITES, "total"]))
+    Console(width=160).print(table)
+    print(f"identical texts across modes: {result['identical_texts']}/{result['texts']}")
+    write_result(result, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,18 +1,19 @@
 """Mix and size of the embedded safety training data, chosen on the calibration split.
 
-For each setting (training rows, benign share, epochs, share of bare requests) a safety adapter
+For each setting (training rows, benign share, epochs, share of bare requests, harm categories
+balanced or not) a safety adapter
 is trained on the embedded data at a preset's other settings (``--preset quick``: max_len 256,
 lr 1e-3; ``standard``: 512, 5e-4) and evaluated with its eval settings on the
 *calibration* rows only (``sstm.data.safety.calibration_data``: ``safety/calib``, each
 request bare and wrapped, and ``benign/calib``): refusal on direct and on wrapped harmful
 requests and over-refusal on benign prompts (per category too), with Wilson 95 %
-intervals, judged by the default judge. With ``--before ID`` an existing safety adapter
-(trained on the earlier data) is evaluated on the same rows as a reference. The test
+intervals, judged by the default judge. With ``--before ID [ID ...]`` existing safety adapters
+(trained on the earlier data, or by an earlier sweep) are evaluated on the same rows as references. The test
 parts (``safety/eval``, ``benign/eval``) are not touched, so they stay unbiased for the
 reported results.
 
-    SSTM_HOME=... .venv/bin/python bench/sweep_safety.py [--samples 32] [--before ID]
-        [--preset quick|standard] [--grid 48:0.5:2:0.2 48:0.5:2:0.5 ...] [--out FILE]
+    SSTM_HOME=... .venv/bin/python bench/sweep_safety.py [--samples 32] [--before ID ...]
+        [--preset quick|standard] [--grid 48:0.5:2:0.2 48:0.5:2:0.5 256:0.5:1:0.2:balanced ...] [--out FILE]
 
 Prints a table and writes bench/results/sweep_safety.json (or --out).
 """
@@ -42,17 +43,20 @@ class Setting:
     benign_fraction: float
     epochs: float
     direct_fraction: float = DIRECT_FRACTION  # share of the harmful rows that are bare requests
+    balance_harms: bool = False  # harmful requests drawn from each harm category in turn
 
     @classmethod
     def parse(cls, text: str) -> "Setting":
-        """``ROWS:BENIGN:EPOCHS[:DIRECT]``, e.g. ``48:0.5:2:0.5``."""
+        """``ROWS:BENIGN:EPOCHS[:DIRECT[:balanced]]``, e.g. ``48:0.5:2:0.5`` or ``256:0.5:1:0.2:balanced``."""
         parts = text.split(":")
-        if not 3 <= len(parts) <= 4:
-            raise argparse.ArgumentTypeError(f"setting {text!r}: expected ROWS:BENIGN:EPOCHS[:DIRECT]")
-        return cls(int(parts[0]), *map(float, parts[1:]))
+        balanced = len(parts) == 5 and parts[4] == "balanced"
+        if not (3 <= len(parts) <= 4 or balanced):
+            raise argparse.ArgumentTypeError(f"setting {text!r}: expected ROWS:BENIGN:EPOCHS[:DIRECT[:balanced]]")
+        return cls(int(parts[0]), *map(float, parts[1:4]), balance_harms=balanced)
 
     def name(self) -> str:
-        return f"rows {self.samples}, benign {self.benign_fraction:g}, epochs {self.epochs:g}, direct {self.direct_fraction:g}"
+        return (f"rows {self.samples}, benign {self.benign_fraction:g}, epochs {self.epochs:g}, "
+                f"direct {self.direct_fraction:g}" + (", harms balanced" if self.balance_harms else ""))
 
 
 GRID = (Setting(48, 0.25, 1), Setting(48, 0.5, 1), Setting(96, 0.25, 1), Setting(48, 0.5, 2))
@@ -87,7 +91,8 @@ def fmt(m: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=32, help="calibration rows per suite")
-    ap.add_argument("--before", help="an existing safety adapter id to evaluate on the same rows")
+    ap.add_argument("--before", nargs="+", default=[], metavar="ID",
+                    help="existing safety adapters to evaluate on the same rows")
     ap.add_argument("--grid", type=Setting.parse, nargs="+", default=GRID, metavar="ROWS:BENIGN:EPOCHS[:DIRECT]",
                     help="settings to train (default: the rows x benign share x epochs grid at the default direct share)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="quick",
@@ -100,13 +105,14 @@ def main() -> None:
     base = resolve_base(reg, "smollm2-135m")
     data = calibration_data(reg, preset.eval["max_context_tokens"], base_tokenizer(base))
     runs = []
-    if args.before:
-        runs.append({"setting": "before", "adapter": reg.get(args.before, kind="adapter").id,
-                     **measure(reg, args.before, data, args.samples, preset)})
+    for before in args.before:
+        adapter = reg.get(before, kind="adapter")
+        runs.append({"setting": "before", "adapter": adapter.id, "adapter_params": adapter.params,
+                     **measure(reg, adapter.id, data, args.samples, preset)})
     for s in args.grid:
         t0 = time.perf_counter()
         cfg = TrainConfig(role="safety", device="cpu", **fixed, samples=s.samples, benign_fraction=s.benign_fraction, epochs=s.epochs,
-                          direct_fraction=s.direct_fraction)
+                          direct_fraction=s.direct_fraction, balance_harms=s.balance_harms)
         adapter = train(reg, cfg)
         runs.append({"setting": asdict(s), "adapter": adapter.id, "train_seconds": round(time.perf_counter() - t0, 1),
                      **measure(reg, adapter.id, data, args.samples, preset)})
@@ -115,7 +121,7 @@ def main() -> None:
     print(f"{'setting':<46} {'refusal direct':>16} {'refusal wrapped':>16} {'over-refusal':>16}")
     for r in runs:
         s = r["setting"]
-        name = s if isinstance(s, str) else Setting(**s).name()
+        name = f"{s} {r['adapter'][:8]}" if isinstance(s, str) else Setting(**s).name()
         print(f"{name:<46} {fmt(r['refusal_direct']):>16} {fmt(r['refusal_wrapped']):>16} {fmt(r['overrefusal']):>16}")
     write_result({"split": "calibration", "data": {k: a.id for k, a in data.items()}, "samples_per_suite": args.samples,
                   args.preset: {"train": dict(preset.train), "eval_max_new_tokens": preset.eval["max_new_tokens"],

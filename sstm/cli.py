@@ -579,6 +579,8 @@ def train_cmd(
                                                     "benign requests answered by the base model, so the adapter does not learn to refuse everything."),
     direct_fraction: Optional[float] = typer.Option(None, "--direct-fraction", help="Embedded safety data only: share of the harmful "
                                                     "rows that are the bare request; the rest are wrapped in a jailbreak template."),
+    balance_harms: Optional[bool] = typer.Option(None, "--balance-harms/--pool-harms", help="Embedded safety data only: draw "
+                                                 "harmful requests from each harm category in turn (default: in the pool's proportions)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
     quick: bool = typer.Option(False, "--quick", help="The training settings of `sstm run --quick` for options not given."),
@@ -601,7 +603,8 @@ def train_cmd(
 
         given = {"model": model, "data": data, "epochs": epochs, "rank": rank, "alpha": alpha, "lr": lr,
                  "samples": samples, "max_len": max_len, "seed": seed, "batch_size": batch_size,
-                 "benign_fraction": benign_fraction, "direct_fraction": direct_fraction, "device": device, "dtype": dtype}
+                 "benign_fraction": benign_fraction, "direct_fraction": direct_fraction, "balance_harms": balance_harms,
+                 "device": device, "dtype": dtype}
         preset = dict(QUICK.train) if quick else {}
         art = train(reg, TrainConfig(role=role, **(preset | {k: v for k, v in given.items() if v is not None})))
     shown = rank0()

@@ -79,6 +79,9 @@ class TrainConfig:
     # embedded safety data only: share of harmful rows that are the bare request (the rest are wrapped
     # in a jailbreak template); its one source is sstm.data.safety.DIRECT_FRACTION
     direct_fraction: float = DIRECT_FRACTION
+    # embedded safety data only: draw harmful requests from each harm category in turn instead of in
+    # the pool's proportions (four in five from Do-Not-Answer); docs/method.md §14
+    balance_harms: bool = False
     device: str = "auto"
     dtype: str = "float32"
 
@@ -107,6 +110,9 @@ class TrainConfig:
         check_direct_fraction(self.direct_fraction)
         if self.direct_fraction != type(self).direct_fraction and (self.data is not None or self.role != "safety"):
             raise SSTMError(f"--direct-fraction {self.direct_fraction}: applies to the embedded safety data only"
+                            + (f"; --data {self.data} is used as given" if self.data is not None else f", not to --role {self.role}"))
+        if self.balance_harms and (self.data is not None or self.role != "safety"):
+            raise SSTMError("--balance-harms: applies to the embedded safety data only"
                             + (f"; --data {self.data} is used as given" if self.data is not None else f", not to --role {self.role}"))
         if not (self.warmup >= 0 and (self.warmup < 1 or float(self.warmup).is_integer())):
             raise SSTMError(f"--warmup {self.warmup}: expected a step count or a ratio in [0, 1)")

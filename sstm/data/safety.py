@@ -349,12 +349,11 @@ def safety_rows(split: str, source: str | None = None, n: int | None = None, see
         raise SSTMError(f"split '{split}': expected one of {', '.join(SPLITS)}")
     check_n(n)
     check_direct_fraction(direct_fraction)
-    if direct_fraction != DIRECT_FRACTION and (split != "train" or source is not None):
-        raise SSTMError(f"--direct-fraction {direct_fraction}: applies to the embedded training data only "
-                        f"(not split '{split}'" + (f" of {source})" if source else ")"))
-    if balance_harms and (split != "train" or source is not None):
-        raise SSTMError("--balance-harms: applies to the embedded training data only "
-                        f"(not split '{split}'" + (f" of {source})" if source else ")"))
+    for option, given in ((f"--direct-fraction {direct_fraction}", direct_fraction != DIRECT_FRACTION),
+                          ("--balance-harms", balance_harms)):
+        if given and (split != "train" or source is not None):
+            raise SSTMError(f"{option}: applies to the embedded training data only "
+                            f"(not split '{split}'" + (f" of {source})" if source else ")"))
     if split == "calib" and source is not None:
         raise SSTMError(f"split 'calib': only the embedded safety data has a calibration part (not {source})")
     if max_template_tokens is not None and max_template_tokens < 1:

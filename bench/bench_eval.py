@@ -17,6 +17,11 @@ the first batch size). Texts of all modes are compared. Nothing is registered: t
 
     .venv/bin/python bench/bench_eval.py [--samples 200] [--batch-sizes 32,64] [--threads 2] [--reps 1]
 
+``--early-exit``: instead, the default path with early exit off and on (refusal rows stop once the judge's
+verdict is decided, :mod:`sstm.evaluate.suites`), alternated, on the base model and on each ``--model``
+(a registered adapter or merge, e.g. the safety adapter: a model that refuses); verdicts compared row by
+row (they must be identical) and the seconds' ratio per suite; writes bench/results/eval_early_exit.json.
+
 Prints a table and writes bench/results/eval.json. Uses $SSTM_HOME, or bench/.home, as registry home.
 """
 
@@ -61,8 +66,11 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default=str(EvalConfig.batch_size),
                     help="comma-separated; grouped prefill at each, one forward per prompt at the first")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval.json")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--early-exit", action="store_true", help="early exit off vs on (see above)")
+    ap.add_argument("--model", action="append", default=[], help="with --early-exit: also this adapter/merge id")
     args = ap.parse_args()
+    args.out = args.out or ROOT / "bench" / "results" / ("eval_early_exit.json" if args.early_exit else "eval.json")
     if args.threads:
         torch.set_num_threads(args.threads)
     home = Path(os.environ.get("SSTM_HOME") or ROOT / "bench" / ".home")
@@ -79,6 +87,8 @@ def main() -> None:
         rows[s.name] = [(i, all_rows[i]) for i in sd.sample_indices(len(all_rows), args.samples, 0,
                                                                       s.data.groups(all_rows))]
 
+    if args.early_exit:
+        return early_exit_bench(args, reg, model, tok, settings, suites, rows)
     calls: dict[str, list] = {}  # suite -> (token ids of its prompts, generated tokens), from the last run
     real = sstm.generate.generate
 
@@ -134,6 +144,59 @@ def main() -> None:
     table.add_row("whole-job ceiling", *(f"{result['ceiling_seconds'][s]:.1f}" for s in [*SUITES, "total"]))
     Console(width=160).print(table)
     print(f"identical texts across modes: {result['identical_texts']}/{result['texts']}")
+    write_result(result, args.out)
+
+
+def early_exit_bench(args, reg, base_model, tok, settings, suites, rows) -> None:
+    """Each model's refusal suites with early exit off and on, alternated; seconds, tokens, verdicts."""
+    from sstm.evaluate.stage import fold_lora
+    from sstm.models import load_with_adapter
+
+    models = {"base": base_model}
+    for ref in args.model:
+        art = reg.get(ref)
+        models[f"{art.kind} {art.short} {art.label}".strip()] = fold_lora(load_with_adapter(reg, art, "cpu")[0])
+    judged = [s for s in suites if s.judged]
+    result: dict = {"samples": args.samples, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                    "platform": platform.platform(), "batch_size": settings.batch_size, "reps": args.reps,
+                    "models": {}}
+    load = [os.getloadavg()[0]]
+    for name, model in models.items():
+        sec = {m: {s.name: [] for s in judged} for m in ("off", "on")}
+        out: dict = {}
+        for rep in range(args.reps):
+            for mode in ("off", "on"):
+                s_ = replace(settings, early_exit=mode == "on")
+                for s in judged:
+                    t0 = time.perf_counter()
+                    out[mode, s.name] = s.records(model, tok, rows[s.name], s_.of(s), None)
+                    sec[mode][s.name].append(time.perf_counter() - t0)
+                    load.append(os.getloadavg()[0])
+                    print(f"{name} rep {rep + 1} early exit {mode} {s.name}: {sec[mode][s.name][-1]:.1f} s", flush=True)
+        per = {}
+        for s in judged:
+            off, on = out["off", s.name], out["on", s.name]
+            t_off, t_on = (statistics.median(sec[m][s.name]) for m in ("off", "on"))
+            per[s.name] = {
+                "seconds_off": round(t_off, 1), "seconds_on": round(t_on, 1), "speedup": round(t_off / t_on, 2),
+                "tokens_off": sum(x["new_tokens"] for x in off), "tokens_on": sum(x["new_tokens"] for x in on),
+                "refusal_rate": round(statistics.fmean(x["score"] for x in on), 3),
+                "identical_verdicts": sum(a["refused"] == b["refused"] for a, b in zip(off, on)), "rows": len(on),
+                "prefixes": sum(b["response"].startswith(a["response"]) for a, b in zip(on, off)),
+                "stopped_verdict_decided": sum(x["stop"] == "verdict decided" for x in on)}
+        t_off = sum(p["seconds_off"] for p in per.values())
+        t_on = sum(p["seconds_on"] for p in per.values())
+        result["models"][name] = {"suites": per, "speedup_refusal_suites": round(t_off / t_on, 2)}
+    result["load_average_1m"] = {"min": round(min(load), 2), "max": round(max(load), 2)}
+    table = Table(title=f"early exit off vs on, {args.samples} rows per suite, {torch.get_num_threads()} threads")
+    for c in ("model", "suite", "s off", "s on", "x", "tokens off", "tokens on", "refusal", "same verdicts"):
+        table.add_column(c, justify="left" if c in ("model", "suite") else "right")
+    for name, m in result["models"].items():
+        for suite, p in m["suites"].items():
+            table.add_row(name, suite, f"{p['seconds_off']:.1f}", f"{p['seconds_on']:.1f}", f"{p['speedup']:.2f}",
+                          str(p["tokens_off"]), str(p["tokens_on"]), f"{p['refusal_rate']:.0%}",
+                          f"{p['identical_verdicts']}/{p['rows']}")
+    Console(width=160).print(table)
     write_result(result, args.out)
 
 

@@ -32,6 +32,10 @@ generated tokens at the decode ceiling -- the tokens/s no path can beat on these
 
     .venv/bin/python bench/bench_generate.py [--prompts 48] [--max-new-tokens 64] [--reps 1] [--threads 1]
 
+``--library``: only ``sstm.generate`` (its default) beside transformers' own continuous batching
+(``model.generate_batch``, :func:`library_generate`) on the same prompts and model, texts compared;
+writes bench/results/generate_library.json.
+
 Prints a table and writes bench/results/generate.json. Uses $SSTM_HOME, or bench/.home, as
 registry home (the SmolLM2 conversion is cached there).
 """
@@ -197,6 +201,99 @@ def time_prefill() -> list[float]:
     return spent
 
 
+# --------------------------------------------------------------------------- the library path
+
+
+def library_generate(model, tok, messages, *, batch_size: int, max_new_tokens: int, page_size: int = 64,
+                     timing: dict | None = None):
+    """The same greedy generation through transformers' continuous batching (``model.generate_batch``: a
+    ``ContinuousBatchingManager`` thread, paged KV cache, requests admitted as others finish), the same token
+    ids in, texts cut at the first end-of-turn token as ``sstm.generate`` cuts them. The paged cache is sized
+    to hold every request at once (``num_blocks``), not from free memory. `timing` gets the seconds before
+    the first request was scheduled and after the last finished (the manager's start and stop)."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    ids = encode_prompts(tok, messages)
+    eos = eos_ids(model, tok)
+    config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                              pad_token_id=pad_id(tok, eos))
+    blocks = sum(-(-(len(p) + max_new_tokens) // page_size) for p in ids)
+    cb = ContinuousBatchingConfig(page_size=page_size, num_blocks=blocks, max_requests_per_batch=batch_size)
+    t0 = time.perf_counter()
+    out = model.generate_batch(ids, generation_config=config, continuous_batching_config=cb, progress_bar=False,
+                               warmup=False)
+    t1 = time.perf_counter()
+    results = list(out.values())
+    if len(results) != len(ids) or any(r.error for r in results):
+        raise RuntimeError(f"generate_batch: {sum(r.error is not None for r in results)} failed, "
+                           f"{len(ids) - len(results)} missing")
+    if timing is not None:
+        timing["start_s"] = timing.get("start_s", 0) + min(r.lifespan[0] for r in results) - t0
+        timing["stop_s"] = timing.get("stop_s", 0) + t1 - max(r.lifespan[1] for r in results)
+    return [_generation(tok, r.generated_tokens, eos) for r in results]
+
+
+def library_bench(args, folded, tok, calls: dict, budgets: dict, base) -> None:
+    """sstm.generate (default: slots, shared prefixes, grouped prefill) beside transformers' continuous
+    batching on the same prompts and model, alternated; texts compared row by row."""
+    b = int(args.batch_sizes.split(",")[0])
+    modes = {f"sstm.generate ({b})": lambda kind, t: generate(folded, tok, calls[kind], batch_size=b,
+                                                              max_new_tokens=budgets[kind]),
+             f"transformers continuous batching ({b})": lambda kind, t: library_generate(
+                 folded, tok, calls[kind], batch_size=b, max_new_tokens=budgets[kind], timing=t)}
+    generate(folded, tok, calls["refusal"][:2], batch_size=2, max_new_tokens=4)  # warm-up
+    library_generate(folded, tok, calls["refusal"][:2], batch_size=2, max_new_tokens=4)
+    runs: dict[str, list] = {name: [] for name in modes}
+    texts: dict[str, list] = {}
+    load = [os.getloadavg()[0]]
+    for rep in range(args.reps):
+        for name, fn in modes.items():
+            timing: dict = {}
+            t0, c0 = time.perf_counter(), time.process_time()
+            texts[name] = [g for kind in calls for g in fn(kind, timing)]
+            runs[name].append((time.perf_counter() - t0, time.process_time() - c0, timing))
+            load.append(os.getloadavg()[0])
+            print(f"rep {rep + 1}/{args.reps} {name}: {runs[name][-1][0]:.1f} s", flush=True)
+    ours, lib = (texts[n] for n in modes)
+    differ = [i for i, (a, c) in enumerate(zip(ours, lib)) if a.text != c.text]
+    result_modes = {}
+    for name, reps in runs.items():
+        tokens = sum(g.n_tokens for g in texts[name])
+        wall, cpu = statistics.median(r[0] for r in reps), statistics.median(r[1] for r in reps)
+        r = {"generated_tokens": tokens, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+             "tokens_per_s": round(tokens / wall, 1), "tokens_per_cpu_s": round(tokens / cpu, 1)}
+        if reps[0][2]:
+            overhead = statistics.median(t["start_s"] + t["stop_s"] for _, _, t in reps)
+            r |= {"manager_start_stop_seconds": round(overhead, 2),
+                  "tokens_per_s_without_start_stop": round(tokens / (wall - overhead), 1)}
+        result_modes[name] = r
+    o, l_ = result_modes.values()
+    result = {
+        "model": "SmolLM2-135M-Instruct + random LoRA r16 (attention, MLP, lm_head), folded", "base_id": base.id,
+        "device": "cpu", "dtype": "float32", "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "prompts": {kind: len(m) for kind, m in calls.items()},
+        "max_new_tokens": budgets, "reps": args.reps, "batch_size": b,
+        "load_average_1m": {"min": round(min(load), 2), "max": round(max(load), 2)}, "modes": result_modes,
+        "identical_texts": len(ours) - len(differ), "texts": len(ours),
+        "differing_rows": [{"ours": ours[i].text, "library": lib[i].text} for i in differ[:5]],
+        "library_vs_ours": {"tokens_per_s": round(l_["tokens_per_s"] / o["tokens_per_s"], 3),
+                            "tokens_per_cpu_s": round(l_["tokens_per_cpu_s"] / o["tokens_per_cpu_s"], 3)},
+    }
+    table = Table(title=f"sstm.generate vs transformers continuous batching, {sum(map(len, calls.values()))} prompts, "
+                        f"{torch.get_num_threads()} threads, median of {args.reps}")
+    for c in ("mode", "seconds", "cpu-s", "tokens", "tokens/s", "tokens/cpu-s", "manager start+stop s"):
+        table.add_column(c, justify="left" if c == "mode" else "right")
+    for name, r in result_modes.items():
+        table.add_row(name, f"{r['seconds']:.1f}", f"{r['cpu_seconds']:.1f}", str(r["generated_tokens"]),
+                      f"{r['tokens_per_s']:.1f}", f"{r['tokens_per_cpu_s']:.1f}",
+                      f"{r.get('manager_start_stop_seconds', '-')}")
+    Console(width=200).print(table)
+    print(f"identical texts: {result['identical_texts']}/{result['texts']}; library / ours: "
+          f"{result['library_vs_ours']}; load {min(load):.2f}-{max(load):.2f}")
+    write_result(result, args.out)
+
+
 # --------------------------------------------------------------------------- bench
 
 
@@ -212,8 +309,12 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice; use 1 on a CPU shared with other jobs)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generate.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default bench/results/generate.json (generate_library.json with --library)")
+    ap.add_argument("--library", action="store_true",
+                    help="only sstm.generate beside transformers' continuous batching (generate_batch)")
     args = ap.parse_args()
+    args.out = args.out or ROOT / "bench" / "results" / ("generate_library.json" if args.library else "generate.json")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -231,6 +332,8 @@ def main() -> None:
     budgets = {"refusal": SUITES["jailbreak"].new_tokens(new), "document": new}  # as eval gives them
     calls = {"refusal": refusal, "document": docs}
     first = min(sizes)
+    if args.library:
+        return library_bench(args, folded, tok, calls, budgets, base)
 
     def slots(b: int, share: bool, budget=budgets, group: bool = False):
         return lambda kind: generate(folded, tok, calls[kind], batch_size=b, max_new_tokens=budget[kind],

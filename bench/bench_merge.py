@@ -50,9 +50,12 @@ from sstm.data import register_rows  # noqa: E402
 from sstm.chat import encode_rows  # noqa: E402
 from sstm.fisher import _batches, accumulate_fisher, core_bases  # noqa: E402
 from sstm.adapters import read_lora  # noqa: E402
-from sstm.merge.sst import SSTConfig, sst_merge  # noqa: E402
+from sstm.merge import METHODS  # noqa: E402
+from sstm.merge.methods.sst import SSTConfig  # noqa: E402
 from sstm.models import load_with_adapter, resolve_base  # noqa: E402
 from sstm.registry import Registry  # noqa: E402
+
+sst_merge = METHODS["sst"].merge
 
 
 def clock():

@@ -52,7 +52,7 @@ from sstm.adapters import read_lora  # noqa: E402
 from sstm.fisher import (STRUCTURES, CoreFisherHooks, core_bases, core_basis, core_coords, fisher_bytes,  # noqa: E402
                          load_fisher)
 from sstm.merge.kfac import Kron, solve_kron_gevp  # noqa: E402
-from sstm.merge.sst import project, single_threaded, solve_gevp  # noqa: E402
+from sstm.merge.gevp import project, single_threaded, solve_gevp  # noqa: E402
 from sstm.registry import Registry  # noqa: E402
 
 # (out, in) of each target module type: SmolLM2-135M (hidden 576, 3 KV heads of 64, MLP 1536) and
@@ -120,7 +120,7 @@ def gevp_time(r: int, structure: str, rows: int, reps: int, rng) -> tuple[float,
 
 
 def merge_time(shape, r: int, g, reps: int, gen) -> float:
-    """Seconds per module of everything `sst_merge` does besides the GEVP `g`: bases, M_s, projection, factors."""
+    """Seconds per module of everything SST-Merge's build does besides the GEVP `g`: bases, M_s, projection, factors."""
     d, n = shape
     B_s, A_s = torch.randn(d, r, generator=gen, dtype=torch.float64), torch.randn(r, n, generator=gen, dtype=torch.float64)
     B_u, A_u = torch.randn(d, r, generator=gen, dtype=torch.float64), torch.randn(r, n, generator=gen, dtype=torch.float64)

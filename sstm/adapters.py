@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sstm import storage
 from sstm.errors import SSTMError
 from sstm.registry import Artifact, Registry, code_fingerprint, sha256_file
 from sstm.ui import warn
@@ -71,16 +72,7 @@ def read_lora(art: Artifact) -> LoraFactors:
     cfg_path, w_path = Path(art.path) / CONFIG_FILE, Path(art.path) / WEIGHTS_FILE
     if not cfg_path.is_file() or not w_path.is_file():
         raise SSTMError(f"{art.kind} {art.short} is not a PEFT adapter directory ({CONFIG_FILE} or {WEIGHTS_FILE} missing)")
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise SSTMError(f"adapter {art.short} is a {cfg.get('peft_type')} adapter; only LoRA adapters can be merged")
-    for flag, what in (("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out (Conv1D) layers"), ("lora_bias", "LoRA biases")):
-        if cfg.get(flag):
-            raise SSTMError(f"adapter {art.short} uses {what}, which merging does not support")
-    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise SSTMError(f"adapter {art.short} has per-module rank/alpha patterns, which merging does not support")
-    if cfg.get("bias", "none") != "none" or cfg.get("modules_to_save"):
-        raise SSTMError(f"adapter {art.short} trains biases or whole modules (modules_to_save); only LoRA factors can be merged")
+    cfg = read_config(cfg_path, f"adapter {art.short}")
     tensors = load_file(str(w_path))
     A, B, other = {}, {}, []
     for key, t in tensors.items():
@@ -95,13 +87,59 @@ def read_lora(art: Artifact) -> LoraFactors:
              "save adapters with save_embedding_layers=False")
     if not A or set(A) != set(B):
         raise SSTMError(f"adapter {art.short} has no complete lora_A/lora_B pairs")
-    r = int(cfg["r"])
+    r = cfg["r"]
     for m in A:
-        if A[m].shape[0] != r or B[m].shape[1] != r or A[m].dim() != 2:
+        if A[m].dim() != 2 or B[m].dim() != 2 or A[m].shape[0] != r or B[m].shape[1] != r:
             raise SSTMError(f"adapter {art.short}: module {m} has rank {A[m].shape[0]}, config says r={r}")
     alpha = float(cfg.get("lora_alpha", r))
     scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
     return LoraFactors(config=cfg, A=A, B=B, scale=scale, rank=r)
+
+
+def read_deltas(art: Artifact, dtype=None) -> dict[str, "torch.Tensor"]:
+    """ΔW per module of an adapter or merged artifact, in either storage format (:mod:`sstm.storage`; in
+    `dtype`, default: as stored)."""
+    if storage.storage_format(art) == "dense":
+        deltas = storage.read_dense(art)
+        return deltas if dtype is None else {m: d.to(dtype) for m, d in deltas.items()}
+    f = read_lora(art)
+    return {m: f.delta(m, dtype) for m in f.modules}
+
+
+# adapter_config.json flags whose adapters are more than ΔW = s·B·A per module: merging (and sstm's storage
+# of a merge as plain LoRA factors or ΔW) cannot represent them.
+UNSUPPORTED = (("use_dora", "DoRA adapters"), ("fan_in_fan_out", "adapters with fan_in_fan_out (Conv1D) layers"),
+               ("lora_bias", "adapters with LoRA biases"),
+               ("rank_pattern", "adapters with per-module ranks (rank_pattern)"),
+               ("alpha_pattern", "adapters with per-module alphas (alpha_pattern)"),
+               ("modules_to_save", "adapters that train whole modules (modules_to_save)"))
+
+
+def read_config(path: Path, who: str) -> dict:
+    """The ``adapter_config.json`` at `path`, checked to describe a plain LoRA adapter sstm can merge: a
+    JSON object, ``peft_type`` LORA, none of :data:`UNSUPPORTED`, no trained biases, and an integer rank
+    ``r`` >= 1 (the shapes of the tensors are checked against it where they are read)."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise SSTMError(f"{who}: {path} is not UTF-8 text (invalid byte 0x{e.object[e.start]:02x} at offset "
+                        f"{e.start})") from None
+    except json.JSONDecodeError as e:
+        raise SSTMError(f"{who}: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(cfg, dict):
+        raise SSTMError(f"{who}: {path} holds a JSON {type(cfg).__name__}, not an object of PEFT settings")
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise SSTMError(f"{who}: peft_type is {cfg.get('peft_type')}, only LORA adapters are supported")
+    for flag, what in UNSUPPORTED:
+        if cfg.get(flag):
+            raise SSTMError(f"{who}: {what} are not supported ({flag} is set in {CONFIG_FILE})")
+    if cfg.get("bias", "none") != "none":
+        raise SSTMError(f"{who}: adapters that train biases (bias: {cfg['bias']}) are not supported")
+    r = cfg.get("r")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise SSTMError(f"{who}: {CONFIG_FILE} has " + ("no rank r" if r is None else f"r = {r!r}")
+                        + " (the LoRA rank, an integer >= 1)")
+    return cfg
 
 
 def load_pair(reg: Registry, utility: str, safety: str) -> tuple[Artifact, Artifact, LoraFactors, LoraFactors]:
@@ -213,6 +251,16 @@ def check_adapter_fits(path: Path, tensors: dict[str, tuple], base: Artifact) ->
     return sorted(names)
 
 
+def check_rank(path: Path, tensors: dict[str, tuple], r: int) -> None:
+    """Every lora_A is (r, ·) and every lora_B (·, r), r the config's rank: PEFT loads the factors into
+    layers of that rank, and the merges read the scale alpha/r from it."""
+    for key, shape in tensors.items():
+        for part, axis in ((".lora_A.", 0), (".lora_B.", 1)):
+            if part in key and len(shape) == 2 and shape[axis] != r:
+                raise SSTMError(f"--from-dir {path}: {key} has rank {shape[axis]} (shape {tuple(shape)}), but "
+                                f"{CONFIG_FILE} says r = {r}")
+
+
 def register_adapter_dir(reg: Registry, path: str | Path, role: str, base: Artifact | str | None) -> Artifact:
     """Register an existing PEFT LoRA adapter directory as an `adapter` artifact on `base`.
 
@@ -234,21 +282,17 @@ def register_adapter_dir(reg: Registry, path: str | Path, role: str, base: Artif
     if not weights.is_file():
         hint = " (adapter_model.bin found: re-save it with safe_serialization=True)" if (path / "adapter_model.bin").exists() else ""
         raise SSTMError(f"--from-dir {path}: no {WEIGHTS_FILE}{hint}")
-    try:
-        adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SSTMError(f"{config_path}: not valid JSON ({e})") from None
-    if adapter_config.get("peft_type") != "LORA":
-        raise SSTMError(f"--from-dir {path}: peft_type is {adapter_config.get('peft_type')}, only LORA adapters are supported")
-    if adapter_config.get("modules_to_save"):
-        raise SSTMError(f"--from-dir {path}: modules_to_save ({adapter_config['modules_to_save']}) is not supported")
+    adapter_config = read_config(config_path, f"--from-dir {path}")
+    if "peft_type" not in adapter_config:
+        raise SSTMError(f"--from-dir {path}: {CONFIG_FILE} has no peft_type (not a PEFT adapter config)")
     try:
         with safe_open(str(weights), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # safetensors raises SafetensorError on a corrupt header
         raise SSTMError(f"{weights}: not a readable safetensors file ({e})") from None
+    check_rank(path, shapes, adapter_config["r"])
     if not isinstance(base, Artifact):
-        from sstm.models import EMBEDDED, resolve_base
+        from sstm.models import EMBEDDED, resolve_base  # lazy: torch stays out of CLI start-up
 
         base = resolve_base(reg, base or EMBEDDED)
     modules = check_adapter_fits(path, shapes, base)

@@ -10,8 +10,17 @@ part) is at least the target, assuming refusal rises with w:
 2. bisection between the last w below the target (0 if none: w = 0 is the utility adapter) and the
    first at or above it, until hi − lo ≤ rtol·hi or ``max_evals`` evals are spent.
 
-The result is the smallest w probed that reached the target. Each probe is one merge and one
-jailbreak eval on the calibration rows, both registry artifacts, so a rerun is all cache hits.
+The result is the smallest w probed that reached the target. Each probe is one merge and jailbreak evals
+on the calibration rows, all registry artifacts, so a rerun is all cache hits.
+
+A probe is sequential (:func:`sequential`): the calibration rows it would use (``samples`` of them, drawn as
+the eval stage draws them) are put in a seeded order and cut into blocks of ``BLOCK`` prompts, each block a
+`dataset` (labelled like the calibration split) and an eval. After each block the exact (Clopper–Pearson)
+``CONFIDENCE`` interval of the refusal rate k/n seen so far decides: entirely at or above the target -> the
+w reaches it, entirely below -> it does not, else the next block; after the last block the rule is today's,
+k/n >= target. Where the interval decides, so does k/n (it lies inside the interval): the decision is
+today's rule on the rows read, and a probe far from the target stops after 16 prompts (0/16 refusals:
+interval [0, 0.21]). The path records n, the prompts each probe read.
 
 The calibrated point is registered as its own `merged` artifact: the files, params and metrics of the
 merge at that w (links, not copies), plus the param ``calibration`` (target, search settings, and the
@@ -23,16 +32,21 @@ how far the method gets, and `compare` says the target was not reached.
 
 from __future__ import annotations
 
-import itertools
+import functools
 import os
+import random
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
+import sstm.data as sd
+from sstm.data.safety import calibration_data
 from sstm.errors import SSTMError
 from sstm.evaluate import EvalConfig, evaluate
+from sstm.evaluate.suites import SUITES
 from sstm.merge import METHODS, MergeMethod
+from sstm.models import base_of
 from sstm.registry import Artifact, Registry, code_fingerprint
 from sstm.ui import info
 
@@ -42,6 +56,10 @@ W_MAX = 8.0  # the search never goes above: "not reached at w <= W_MAX"
 MAX_EVALS = 6
 W_RTOL = 0.1  # bisection stops when the bracket is this narrow relative to its top
 REFUSAL = "jailbreak.refusal_rate"
+# the calibration eval's settings a calibrated merge records, so that sstm.rebuild can replay its search
+EVAL_SETTINGS = ("samples", "batch_size", "max_new_tokens", "judge", "max_context_tokens", "dtype", "sample_seed")
+BLOCK = 16  # calibration prompts per block of a sequential probe
+CONFIDENCE = 0.95  # of the Clopper-Pearson interval that stops a probe early
 
 
 @dataclass(frozen=True)
@@ -50,9 +68,10 @@ class Step:
 
     w: float
     refusal: float
-    n: int
+    n: int  # calibration prompts read (sequential: the blocks evaluated)
     model: str = ""  # the merged artifact's id
-    eval: str = ""  # the eval artifact's id
+    eval: str = ""  # the last eval artifact's id
+    evals: tuple[str, ...] = ()  # the eval of each block read, in order
 
 
 @dataclass(frozen=True)
@@ -79,11 +98,10 @@ class Search:
         return min(self.path, key=lambda s: (-s.refusal, s.w))
 
     def describe(self) -> str:
-        steps = ", ".join(f"w={s.w:g}: {s.refusal:.1%}" for s in self.path)
-        n = self.path[-1].n
+        steps = ", ".join(f"w={s.w:g}: {s.refusal:.1%} of {s.n}" for s in self.path)
         if self.reached:
-            return f"w = {self.w:g} reaches {self.target:.0%} refusal on {n} calibration prompts ({steps})"
-        return (f"not reached at w <= {self.w_top:g}: refusal below {self.target:.0%} on {n} calibration prompts "
+            return f"w = {self.w:g} reaches {self.target:.0%} refusal on the calibration prompts ({steps})"
+        return (f"not reached at w <= {self.w_top:g}: refusal below {self.target:.0%} on the calibration prompts "
                 f"({steps}); kept w = {self.best.w:g}, the highest refusal probed")
 
 
@@ -121,9 +139,34 @@ def search(refusal_at: Callable[[float], Step], target: float = TARGET, w_start:
 
 
 def fell(path: list[Step]) -> bool:
-    """The last probe refuses more than one prompt fewer than the best before it: refusal fell as w grew."""
+    """The last probe refuses more than one prompt fewer than the best before it: refusal fell as w grew
+    (one prompt of the smaller n of the two: probes stopped early read fewer prompts)."""
     last = path[-1]
-    return max(p.refusal for p in path) - last.refusal > 1 / last.n + 1e-9
+    return any(p.refusal - last.refusal > 1 / min(p.n, last.n) + 1e-9 for p in path[:-1])
+
+
+@functools.lru_cache(maxsize=4096)
+def interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The exact (Clopper–Pearson) interval of a rate with k successes in n (scipy ``binomtest``)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def sequential(blocks: Iterable[tuple[int, int]], target: float, confidence: float = CONFIDENCE) -> tuple[int, int]:
+    """(k, n): refusals and prompts summed over the (refusals, prompts) `blocks` read, reading the next block
+    only while the interval of k/n contains the target: stop once low >= target (reached: k/n >= target) or
+    high < target (not reached: k/n < target); else after the last block (reached iff k/n >= target)."""
+    k = n = 0
+    for refused, prompts in blocks:
+        k, n = k + refused, n + prompts
+        low, high = interval(k, n, confidence)
+        if low >= target or high < target:
+            break
+    if n == 0:
+        raise SSTMError("calibration: no calibration prompts to evaluate")
+    return k, n
 
 
 @dataclass
@@ -139,6 +182,7 @@ class CalibrateConfig:
     w_max: float = W_MAX
     max_evals: int = MAX_EVALS
     rtol: float = W_RTOL
+    confidence: float = CONFIDENCE  # of the interval that ends a probe early (1 > confidence > 0)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -151,27 +195,43 @@ class CalibrateConfig:
             raise SSTMError(f"--max-evals {self.max_evals}: must be at least 1")
         if not 0 < self.rtol < 1:
             raise SSTMError(f"--rtol {self.rtol:g}: must be in (0, 1)")
+        if not 0 < self.confidence < 1:
+            raise SSTMError(f"calibration confidence {self.confidence:g}: must be in (0, 1)")
 
 
 def settings(method: MergeMethod, config: Any) -> list[Any]:
     """One stage config per setting: each sweep parameter (SST's k) given as a list is split into its values."""
-    sweeps = {name: getattr(config, name) for name, p in method.params.items()
-              if p.sweep and isinstance(getattr(config, name, None), list)}
-    return [replace(config, **dict(zip(sweeps, values))) if sweeps else config
-            for values in itertools.product(*([[v] for v in vs] for vs in sweeps.values()))]
+    return method.settings(config)
 
 
 def _calibration_data(reg: Registry, cfg: CalibrateConfig, model: Artifact) -> Artifact:
     """The calibration rows of the jailbreak suite, templates capped like the test split's."""
-    from sstm.data.safety import calibration_data
-    from sstm.models import base_of
-
     tokenizer = None
     if cfg.eval.max_context_tokens is not None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(base_of(reg, model).path)
     return calibration_data(reg, max_template_tokens=cfg.eval.max_context_tokens, tokenizer=tokenizer)["jailbreak"]
+
+
+def _blocks(reg: Registry, data: Artifact, samples: int | None, seed: int) -> list[Artifact]:
+    """The calibration rows a probe may read, in blocks of BLOCK prompts, each a `dataset` labelled like
+    `data`: the rows the eval stage would draw (``samples`` of them, requests' bare and wrapped rows
+    together), their groups in a seeded order, cut every BLOCK rows. The same blocks for every probe."""
+    rows = sd.load_rows(data)
+    picked = sd.sample_indices(len(rows), samples, seed, SUITES["jailbreak"].data.groups(rows))
+    groups: dict[Any, list[int]] = {}
+    for i in picked:
+        key = rows[i].get("request_id")
+        groups.setdefault(("row", i) if key is None else ("key", key), []).append(i)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    flat = [i for g in order for i in g]
+    cuts = [sorted(flat[b : b + BLOCK]) for b in range(0, len(flat), BLOCK)]
+    return [sd.register_rows(reg, data.label, [rows[i] for i in cut],
+                             {"blocks_of": data.id, "samples": samples, "seed": seed, "block": b + 1,
+                              "blocks": len(cuts), "rows": cut}, quiet=True)
+            for b, cut in enumerate(cuts)]
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -189,33 +249,54 @@ class Calibrated:
     search: Search
 
 
-def calibrate(reg: Registry, cfg: CalibrateConfig) -> list[Calibrated]:
-    """The calibrated merge of every setting of `cfg.config` (built, or reused when every probe is cached)."""
+def calibrate(reg: Registry, cfg: CalibrateConfig, fresh: bool = False) -> list[Calibrated]:
+    """The calibrated merge of every setting of `cfg.config` (built, or reused when every probe is cached).
+    `fresh` (`sstm verify --rebuild`): the calibrated point's files are built anew, not linked."""
     method = METHODS[cfg.method]
-    return [_calibrate_one(reg, cfg, method, config) for config in settings(method, cfg.config)]
+    return [_calibrate_one(reg, cfg, method, config, fresh) for config in settings(method, cfg.config)]
 
 
-def _calibrate_one(reg: Registry, cfg: CalibrateConfig, method: MergeMethod, config: Any) -> Calibrated:
+def _calibrate_one(reg: Registry, cfg: CalibrateConfig, method: MergeMethod, config: Any,
+                   fresh: bool = False) -> Calibrated:
     data: list[Artifact] = []
 
+    blocks: list[Artifact] = []
+
     def probe(w: float) -> Step:
+        """The merge at w, its calibration blocks evaluated one by one until the interval decides."""
         (art,) = method.merge(reg, replace(config, w=[w]))
         if not data:
             data.append(_calibration_data(reg, cfg, art))
-        (ev,) = evaluate(reg, replace(cfg.eval, model=art, suites=("jailbreak",), data={"jailbreak": data[0]}))
-        if REFUSAL not in ev.metrics:
-            raise SSTMError(f"calibration eval {ev.short} of {art.short} has no jailbreak refusal rate")
-        return Step(w, float(ev.metrics[REFUSAL]), int(ev.params["samples"]), art.id, ev.id)
+            blocks.extend(_blocks(reg, data[0], cfg.eval.samples, cfg.eval.sample_seed))
+        evals: list[Artifact] = []
+
+        def read() -> Iterable[tuple[int, int]]:
+            for block in blocks:
+                (ev,) = evaluate(reg, replace(cfg.eval, model=art, suites=("jailbreak",), samples=None,
+                                              data={"jailbreak": block}))
+                if REFUSAL not in ev.metrics:
+                    raise SSTMError(f"calibration eval {ev.short} of {art.short} has no jailbreak refusal rate")
+                evals.append(ev)
+                n = int(ev.params["samples"])
+                yield round(float(ev.metrics[REFUSAL]) * n), n
+
+        k, n = sequential(read(), cfg.target, cfg.confidence)
+        return Step(w, k / n, n, art.id, evals[-1].id, tuple(e.id for e in evals))
 
     found = search(probe, cfg.target, cfg.w_start, cfg.w_max, cfg.max_evals, cfg.rtol)
     info(f"calibration of {method.name}: {found.describe()}")
     point = reg.get(found.best.model)
     record = {"target": cfg.target, "reached": found.reached, "w_start": cfg.w_start, "w_max": cfg.w_max,
               "max_evals": cfg.max_evals, "rtol": cfg.rtol, "judge": cfg.eval.judge,
-              "path": [{"w": s.w, "refusal": s.refusal, "n": s.n, "model": s.model, "eval": s.eval}
-                       for s in found.path]}
+              "confidence": cfg.confidence, "block": BLOCK,
+              "eval": {k: getattr(cfg.eval, k) for k in EVAL_SETTINGS},  # what `sstm verify --rebuild` replays
+              "path": [{"w": s.w, "refusal": s.refusal, "n": s.n, "model": s.model, "eval": s.eval,
+                        "evals": list(s.evals)} for s in found.path]}
 
     def build(out: Path) -> dict[str, float]:
+        if fresh:  # the merge at the calibrated w, built again by its method (what a replay compares)
+            (planned,) = method.plan(reg, replace(config, w=[found.best.w]))
+            return dict(planned.build(out)) | {"calibration_refusal": found.best.refusal}
         shutil.copytree(point.path, out, copy_function=_link_or_copy, dirs_exist_ok=True)
         return dict(point.metrics) | {"calibration_refusal": found.best.refusal}
 
@@ -225,4 +306,5 @@ def _calibrate_one(reg: Registry, cfg: CalibrateConfig, method: MergeMethod, con
     return Calibrated(art, found)
 
 
-__all__ = ["CalibrateConfig", "Calibrated", "Search", "Step", "calibrate", "search", "settings"]
+__all__ = ["CalibrateConfig", "Calibrated", "Search", "Step", "calibrate", "interval", "search", "sequential",
+           "settings"]

@@ -38,7 +38,7 @@ from typing import Iterable, Sequence
 from sstm.errors import SSTMError
 from sstm.evaluate import record
 from sstm.evaluate.suites import SUITES, Metric, all_metrics
-from sstm.merge.methods import sst_control
+from sstm.merge import METHODS
 from sstm.merge.layer_weights import policy_name
 from sstm.registry import Artifact, Registry, canonical_json
 from sstm.stats import N_BOOT, SEED, interval, paired_diff, pareto_front
@@ -128,7 +128,7 @@ class Row:
     model_id: str
     kind: str  # base | adapter | merged
     method: str  # base | utility | safety | sst | ta | ties | dare | dare_ties
-    label: str
+    label: str  # the artifact's
     base_id: str | None
     code: str  # code fingerprint of the model artifact
     role: str | None = None
@@ -148,6 +148,7 @@ class Row:
     seeds: list[int] = field(default_factory=list)  # a row averaged over seeds: the seeds ...
     members: list[str] = field(default_factory=list)  # ... and the model of each
     deltas: dict[str, Delta] = field(default_factory=dict)  # short name -> difference to the reference
+    name: str = ""  # as shown in the table: the method and the settings that tell its rows apart (name_rows)
 
     def value(self, short: str) -> float | None:
         m = self.metrics.get(short)
@@ -160,7 +161,9 @@ class Row:
         ell = layer_weights_text(self.params)
         items = (("k", self.k), ("w", w_text(self) if w else None), ("d", self.density),
                  ("ℓ", None if ell == "default" else ell))
-        return " ".join([self.method, *sst_control(self.params)] + [f"{key}={num(v)}" for key, v in items if v is not None])
+        method = METHODS.get(self.method)
+        words = method.qualifiers(self.params) if method is not None and self.kind == "merged" else []
+        return " ".join([self.method, *words] + [f"{key}={num(v)}" for key, v in items if v is not None])
 
 
 def num(v) -> str:
@@ -350,8 +353,10 @@ def check_protocol(rows: Sequence[Row]) -> None:
 def calibration_probes(reg: Registry) -> set[str]:
     """The evals of calibration searches (on the calibration split; `sstm show` of a calibrated merge lists
     them): left out of the comparison, which reports the test split, unless named in `evals`."""
+    calib_data = {d.id for d in reg.list("dataset") if d.label.endswith("/calib")}  # also `sstm search`'s trials
     return {step["eval"] for m in reg.list("merged") if CALIBRATION in m.params
-            for step in m.params[CALIBRATION]["path"]}
+            for step in m.params[CALIBRATION]["path"]} | {e.id for e in reg.list("eval")
+                                                           if e.inputs.get("data") in calib_data}
 
 
 def compare(reg: Registry, cfg: CompareConfig) -> list[Row]:
@@ -411,9 +416,29 @@ def compare(reg: Registry, cfg: CompareConfig) -> list[Row]:
             if row is not ref:
                 row.deltas = {s: d for s in row.metrics if (d := paired_delta(row, ref, s, cfg)) is not None}
     mark_pareto(out)
+    name_rows(out)
     sign = -1.0 if spec.higher_better else 1.0
     out.sort(key=lambda r: (r.value(spec.short) is None, sign * (r.value(spec.short) or 0.0), r.method, r.model_id))
     return out
+
+
+def name_rows(rows: Sequence[Row]) -> None:
+    """Each row's `name`: a merge's method label (:meth:`sstm.merge.method.MergeMethod.label`) with the settings
+    that differ between the rows of its method (w, k, density, ...; a calibrated w as :func:`w_text` writes
+    it), so the rows of a sweep are told apart; other rows their method (base, utility, safety)."""
+    by_method: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.kind == "merged" and r.method in METHODS:
+            by_method.setdefault(r.method, []).append(r)
+        else:
+            r.name = r.method
+    for name, group in by_method.items():
+        method = METHODS[name]
+        keys = method.differing([r.params for r in group])
+        for r in group:
+            r.name = method.label(r.params, tuple(k for k in keys if k != "w"))
+            if "w" in keys and r.w is not None:
+                r.name += f" w={w_text(r)}"
 
 
 def _average_seeds(rows: dict[str, Row], group: Sequence[str], seeds: Sequence[int]) -> None:

@@ -36,8 +36,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from sstm import distributed
-from sstm.data import load_rows, sample_indices
+from sstm import distributed, pass_settings
+from sstm.data import load_rows, role_dataset, sample_indices
 from sstm.chat import collate, encode_rows
 from sstm.errors import SSTMError
 from sstm.adapters import LoraFactors, read_lora
@@ -57,13 +57,13 @@ class FisherConfig:
     adapter: str
     role: str
     basis: str | None = None  # the safety adapter; defaults to `adapter` for role=safety
-    samples: int = 128  # 256 gave no better merge than 128 on the embedded default (docs/method.md §7)
-    batch_size: int = 8
-    max_len: int = 512
-    data: str | None = None  # dataset id; default: the adapter's training data
+    samples: int = pass_settings.SAMPLES
+    batch_size: int = pass_settings.BATCH_SIZE
+    max_len: int = pass_settings.MAX_LEN
+    data: str | None = None  # dataset id, or a file / dataset dir / Hub id (sstm.data.roles); default: the adapter's training data
     seed: int = 0  # which rows are drawn when the dataset has more than `samples`
     device: str | None = None
-    dtype: str = "float32"
+    dtype: str = pass_settings.DTYPE
     structure: str = "full"  # or "kfac"; full is exact and cheap at r = 16 (docs/scale.md)
 
     def __post_init__(self) -> None:
@@ -99,6 +99,16 @@ def _add_kfac(S: torch.Tensor, G: torch.Tensor) -> None:
 
 STRUCTURES = {"full": Structure(lambda r: (r * r, r * r), _add_full),
               "kfac": Structure(lambda r: (2, r, r), _add_kfac)}
+
+
+def check_directions(k: int, rows: int) -> None:
+    """k GEVP directions need Fishers of at least k rows: F = (1/N)·Σ_i vec(G_i)·vec(G_i)ᵀ has rank <= N, so
+    beyond N the directions are ordered by the damping alone (docs/method.md §3). The one check of `sstm run`
+    (its plan) and `sstm merge|calibrate sst` (the CLI), against the Fisher rows asked for. (The library's
+    SSTConfig accepts more: the merge then cuts k per module to the directions the Fishers separate.)"""
+    if k > rows:
+        raise SSTMError(f"--k {k}: more directions than the {rows} Fisher rows per role can rank; use --k <= {rows} "
+                        f"or more Fisher rows (--samples; in `sstm run`: --fisher-samples)")
 
 
 def check_structure(structure: str) -> str:
@@ -273,12 +283,17 @@ def _batches(examples: list[dict], batch_size: int, pad_id: int):
         yield collate(chunk, pad_id, side="right")
 
 
-def data_rows(reg: Registry, adapter: Artifact, data: str | None, samples: int) -> tuple[Artifact, list[dict], int]:
-    """(dataset, its rows, n): `data`, else the adapter's training dataset, and the rows a pass over at most
-    `samples` of them uses (all of them, with a warning, when there are fewer)."""
+def data_rows(reg: Registry, adapter: Artifact, data: str | None, samples: int,
+              role: str | None = None) -> tuple[Artifact, list[dict], int]:
+    """(dataset, its rows, n): `data` (a dataset id, or a file, dataset dir or Hub id registered as the `role`
+    adapter's training split, :func:`sstm.data.role_dataset`; role default: the adapter's), else the adapter's
+    training dataset, and the rows a pass over at most `samples` of them uses (all of them, with a warning,
+    when there are fewer)."""
     if not (data or adapter.inputs.get("data")):
-        raise SSTMError(f"adapter {adapter.short} records no training dataset; pass --data DATASET_ID")
-    art = reg.get(data or adapter.inputs["data"], kind="dataset")
+        raise SSTMError(f"adapter {adapter.short} records no training dataset; pass --data (a CSV/JSONL/parquet "
+                        "file, a dataset directory or Hub id, or a dataset id)")
+    art = (role_dataset(reg, role or adapter.params.get("role"), data) if data
+           else reg.get(adapter.inputs["data"], kind="dataset"))
     rows = load_rows(art)
     if samples > len(rows):
         warn(f"dataset {art.short} has {len(rows)} rows; using all of them instead of {samples}")
@@ -307,7 +322,7 @@ def fisher(reg: Registry, cfg: FisherConfig) -> Artifact:
     base = base_of(reg, adapter)
     if base_of(reg, basis).id != base.id:
         raise SSTMError(f"adapter {adapter.short} and basis {basis.short} have different base models")
-    data, rows, n = data_rows(reg, adapter, cfg.data, cfg.samples)
+    data, rows, n = data_rows(reg, adapter, cfg.data, cfg.samples, cfg.role)
     f_adapter, f_basis = read_lora(adapter), read_lora(basis)
     if set(f_adapter.modules) != set(f_basis.modules):
         raise SSTMError(f"adapter {adapter.short} and basis {basis.short} have different target modules")

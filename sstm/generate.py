@@ -42,6 +42,18 @@ padding changes neither positions nor attention.
 Either way a batched greedy run gives the same text as one prompt at a time up to
 float rounding (a matmul over more rows may round differently); the tests and
 ``bench/bench_generate.py`` check that the texts are identical.
+
+Early exit: ``stop_when(text so far)`` ends a row as soon as it returns True (a refusal judge's verdict is
+decided, :meth:`sstm.evaluate.judge.RefusalJudge.decided`); the row's Generation says ``decided``.
+
+Why not transformers' continuous batching. transformers 5 ships the same idea (``model.generate_batch``,
+a ``ContinuousBatchingManager`` thread over a paged KV cache). Measured beside this module on the same
+prompts and model (``bench/bench_generate.py --library --prompts 16 --max-new-tokens 32 --threads 1``,
+SmolLM2-135M + folded LoRA, bench/results/generate_library.json): identical texts (16/16), but 0.68x our
+tokens per CPU-second (11.4 vs 16.7) and 0.77x our tokens/s (5.2 vs 6.8; 5.6 without the 5.5 s its
+manager spends starting and stopping over the two calls) -- more than 10 % slower, so this module
+stays. (At 2 threads on a loaded CPU the comparison is not fair either way: the library decodes in a
+background thread, whose kernels do not contend with busy OpenMP workers the way the main thread's do.)
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ from typing import Callable, Sequence
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.generation.stopping_criteria import StoppingCriteria
 
 from sstm.chat import render_prompt
 from sstm.errors import SSTMError
@@ -68,7 +81,13 @@ GROUP_ROWS = 1024  # at most this many padded tokens in one grouped prefill
 class Generation:
     text: str  # decoded new tokens before the first end-of-turn token, stripped
     n_tokens: int  # new tokens generated, the end-of-turn token included when reached
-    finished: bool = True  # False: cut off by max_new_tokens before an end-of-turn token
+    finished: bool = True  # False: cut off by max_new_tokens (or stopped by `stop_when`) before an end-of-turn token
+    decided: bool = False  # stopped early by `stop_when` (its verdict decided), before end of turn and budget
+
+    @property
+    def stop(self) -> str:
+        """Why decoding stopped: "end of turn", "verdict decided" or "max_new_tokens"."""
+        return "end of turn" if self.finished else "verdict decided" if self.decided else "max_new_tokens"
 
 
 def eos_ids(model, tok) -> list[int]:
@@ -114,12 +133,20 @@ def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _generation(tok, new: Sequence[int], eos: Sequence[int]) -> Generation:
-    """The text before the first end-of-turn token of `new` (token ids after the prompt)."""
+def _text(tok, new: Sequence[int]) -> str:
+    return tok.decode(new, skip_special_tokens=True).strip()
+
+
+def _generation(tok, new: Sequence[int], eos: Sequence[int], decided: bool = False) -> Generation:
+    """The text before the first end-of-turn token of `new` (token ids after the prompt); `decided`: `new`
+    was cut by ``stop_when``."""
     stop = next((j for j, t in enumerate(new) if t in eos), None)
     kept = new if stop is None else new[:stop]
     n = len(new) if stop is None else stop + 1
-    return Generation(tok.decode(kept, skip_special_tokens=True).strip(), n, stop is not None)
+    return Generation(_text(tok, kept), n, stop is not None, decided and stop is None)
+
+
+StopWhen = Callable[[str], bool]  # the text decoded so far -> True: that row may stop (its outcome is decided)
 
 
 # --------------------------------------------------------------------------- decoding in slots
@@ -341,8 +368,10 @@ class _Slots:
 
 
 def _decode_in_slots(model, prompts, order, n_slots, max_new_tokens, eos, advance,
-                     share: bool = True, group: bool = True) -> list[list[int]] | None:
-    """New token ids of each prompt (input order); None when the model's cache cannot be decoded in slots."""
+                     share: bool = True, group: bool = True, decided: Callable[[list[int]], bool] | None = None
+                     ) -> list[list[int]] | None:
+    """New token ids of each prompt (input order); None when the model's cache cannot be decoded in slots.
+    A row leaves its slot at an end-of-turn token, at `max_new_tokens`, or when `decided(its new tokens)`."""
     device = _device(model)
     prefill = _Prefill(model, device, prompts, order, share=share, group=group, size=n_slots)
     first = prefill.peek()
@@ -367,7 +396,7 @@ def _decode_in_slots(model, prompts, order, n_slots, max_new_tokens, eos, advanc
             if row is None:
                 continue
             new[row].append(t)
-            if t in stop or len(new[row]) >= max_new_tokens:
+            if t in stop or len(new[row]) >= max_new_tokens or (decided is not None and decided(new[row])):
                 batch.rows[slot] = None
                 if advance is not None:
                     advance(1)
@@ -388,13 +417,17 @@ def generate(
     prefill_alone: bool = True,
     share_prefix: bool = True,
     group_prefill: bool = True,
+    stop_when: StopWhen | None = None,
 ) -> list[Generation]:
     """Greedy completions of `messages` (user turns), in input order, decoding only new tokens.
 
     `batch_size` rows decode together. prefill_alone=False forces the padded fixed batches;
     share_prefix=False prefills every prompt whole; group_prefill=False runs one forward per prompt.
+    `stop_when(text so far)` True ends a row early (early exit: a refusal judge's verdict is decided,
+    :meth:`sstm.evaluate.judge.RefusalJudge.decided`); its text is then a prefix of the full-budget text and
+    its Generation says ``decided``.
     """
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, StoppingCriteriaList
 
     if max_new_tokens < 1:
         raise SSTMError(f"--max-new-tokens {max_new_tokens}: must be at least 1")
@@ -402,12 +435,15 @@ def generate(
     if not prompts:
         return []
     eos = eos_ids(model, tok)
+    stop = set(eos)
+    decided = None if stop_when is None else (lambda new: new[-1] not in stop and stop_when(_text(tok, new)))
     batches = _batches([len(p) for p in prompts], batch_size)
     if prefill_alone and min(len(p) for p in prompts) >= 2:
         new = _decode_in_slots(model, prompts, _order(prompts, share_prefix), batch_size, max_new_tokens, eos,
-                               advance, share_prefix, group_prefill)
+                               advance, share_prefix, group_prefill, decided)
         if new is not None:
-            return [_generation(tok, n, eos) for n in new]
+            return [_generation(tok, n, eos, decided is not None and len(n) < max_new_tokens and decided(n))
+                    for n in new]
     pad = pad_id(tok, eos)
     config = GenerationConfig(
         do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad
@@ -416,12 +452,31 @@ def generate(
     out: list[Generation | None] = [None] * len(prompts)
     for idx in batches:
         ids, mask = left_pad([prompts[i] for i in idx], pad)
-        seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
-        for i, new in zip(idx, seqs[:, ids.shape[1] :].tolist()):
-            out[i] = _generation(tok, new, eos)
+        criteria = _Decided(ids.shape[1], decided, stop) if decided is not None else None
+        seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                              stopping_criteria=StoppingCriteriaList([criteria] if criteria else []))
+        for row, (i, new) in enumerate(zip(idx, seqs[:, ids.shape[1] :].tolist())):
+            cut = criteria.at.get(row) if criteria else None
+            out[i] = _generation(tok, new[:cut] if cut else new, eos, cut is not None and cut < max_new_tokens)
         if advance is not None:
             advance(len(idx))
     return out  # type: ignore[return-value]
+
+
+class _Decided(StoppingCriteria):
+    """A transformers stopping criterion for the padded batches: a row stops once ``decided(its new tokens)``;
+    `at` keeps each stopped row's length (``generate`` pads a finished row's later steps)."""
+
+    def __init__(self, start: int, decided: Callable[[list[int]], bool], eos: set[int]):
+        self.start, self.decided, self.eos, self.at = start, decided, eos, {}
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = []
+        for row, new in enumerate(input_ids[:, self.start :].tolist()):
+            if row not in self.at and new and not self.eos.intersection(new) and self.decided(new):
+                self.at[row] = len(new)
+            done.append(row in self.at)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def letter_ids(tok, letters: Sequence[str]) -> list[int]:

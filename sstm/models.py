@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from sstm import storage
 from sstm.errors import SSTMError
 from sstm.registry import Artifact, Registry, code_fingerprint, sha256_file
 
@@ -163,12 +164,28 @@ def load_base(base: Artifact, device: str = "cpu", dtype: str = "float32"):
 
     if dtype not in DTYPES:
         raise SSTMError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
-    tok = AutoTokenizer.from_pretrained(base.path)
+    with readable(base):
+        tok = AutoTokenizer.from_pretrained(base.path)
+        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=DTYPES[dtype])
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=DTYPES[dtype]).to(device)
+    model = model.to(device)
     model.eval()
     return model, tok
+
+
+@contextlib.contextmanager
+def readable(art: Artifact):
+    """Reading `art`'s files: a damaged one (safetensors' ``SafetensorError``, an ``OSError`` from transformers
+    or PEFT) becomes one line naming the artifact and `sstm verify`, not a traceback."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise SSTMError(f"{art.kind} {art.short}: its files cannot be read ({type(e).__name__}: {first}); "
+                        "run `sstm verify` to check the registry") from None
 
 
 def own_weights(model, modules, config) -> None:
@@ -185,6 +202,30 @@ def own_weights(model, modules, config) -> None:
             config.tie_word_embeddings = False
 
 
+def apply_deltas(model, deltas: dict[str, torch.Tensor]):
+    """W_m ← W_m + ΔW_m for every module m, in place (the sum in ΔW's dtype, stored in W's); returns `model`.
+
+    A weight shared by several modules (SmolLM2's lm_head is tied to the input embedding) first
+    gets its own copy, and the config stops tying them, so the sum changes module m alone.
+    """
+    modules = {}
+    for m, delta in deltas.items():
+        try:
+            modules[m] = model.get_submodule(m)
+        except AttributeError:
+            raise SSTMError(f"dense delta: module {m} does not exist in the base model") from None
+        weight = getattr(modules[m], "weight", None)
+        if weight is None or tuple(weight.shape) != tuple(delta.shape):
+            shape = None if weight is None else tuple(weight.shape)
+            raise SSTMError(f"dense delta: module {m} has ΔW of shape {tuple(delta.shape)}, the base weight {shape}")
+    own_weights(model, modules.values(), model.config)
+    with torch.no_grad():
+        for m, delta in deltas.items():
+            w = modules[m].weight
+            w.copy_((w.to(delta.dtype) + delta.to(w.device)).to(w.dtype))
+    return model
+
+
 def base_of(reg: Registry, art: Artifact) -> Artifact:
     """Follow `base` lineage edges from an adapter/merged/fisher/eval artifact to its base."""
     seen = art
@@ -198,19 +239,20 @@ def base_of(reg: Registry, art: Artifact) -> Artifact:
 def load_with_adapter(reg: Registry, art: Artifact, device: str = "cpu", dtype: str = "float32",
                       trainable: bool = False):
     """(model, tokenizer): the base model, with `art` applied when it is an adapter/merged: a LoRA
-    through PEFT, a dense merge (:mod:`sstm.merge.storage`) added to the base weights, W₀ + ΔW."""
+    through PEFT, a dense merge (:mod:`sstm.storage`) added to the base weights, W₀ + ΔW."""
     from peft import PeftModel
-
-    from sstm.merge import storage
 
     base = base_of(reg, art)
     model, tok = load_base(base, device, dtype)
     if art.kind in ("adapter", "merged") and storage.storage_format(art) == "dense":
         if trainable:
             raise SSTMError(f"{art.kind} {art.short} is a dense merge (no LoRA to train)")
-        return storage.apply_deltas(model, storage.read_deltas(art)), tok
+        with readable(art):
+            deltas = storage.read_dense(art)
+        return apply_deltas(model, deltas), tok
     if art.kind in ("adapter", "merged"):
-        model = PeftModel.from_pretrained(model, art.path, is_trainable=trainable)
+        with readable(art):
+            model = PeftModel.from_pretrained(model, art.path, is_trainable=trainable)
         if not trainable:
             model.eval()
     return model, tok

@@ -20,15 +20,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sstm import search
 from sstm.adapters import CONFIG_FILE, register_adapter_dir
 from sstm.calibrate import CalibrateConfig, calibrate
 from sstm.compare import CompareConfig, Row, compare
 from sstm.data import safety_split, utility_split
 from sstm.errors import SSTMError
 from sstm.evaluate import EvalConfig, evaluate
+from sstm.fisher import check_directions
 from sstm.merge import METHODS, MergeMethod
 from sstm.models import EMBEDDED, resolve_base
-from sstm.presets import CONTROLS, QUICK, STANDARD, Preset
+from sstm.presets import QUICK, STANDARD, Preset
 from sstm.registry import Artifact, Registry
 from sstm.train import TrainConfig, train
 from sstm.ui import info
@@ -62,7 +64,7 @@ class RunConfig:
     eval_samples: int | None = None
     suites: tuple[str, ...] | None = None
     baselines: tuple[str, ...] | None = None  # None: the preset's
-    controls: bool | None = None  # SST-Merge's controls (presets.CONTROLS) at the first k; None: the preset's
+    controls: bool | None = None  # SST-Merge's controls (METHODS["sst"].controls) at the first k; None: the preset's
     density: float | None = None  # of every method that has one
     judge: str | None = None  # refusal judge of the jailbreak / over-refusal suites
     seed: int = 0
@@ -74,6 +76,7 @@ class RunConfig:
     skip_training: bool = False
     device: str | None = None  # None: each stage's default
     dtype: str | None = None
+    search: int | None = None  # --search N: after the comparison, `sstm search` with N trials per method (sstm.search)
     plan: Plan = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +89,9 @@ class RunConfig:
             raise SSTMError("--utility-data/--safety-data are training data: not with --skip-training")
         if self.seeds and self.skip_training:
             raise SSTMError("--seeds trains the adapters once per seed: not with --skip-training")
+        if self.search is not None and (self.search < 1 or self.seeds):
+            raise SSTMError(f"--search {self.search}: trials per method, at least 1, and not with --seeds "
+                            "(run `sstm search` on each seed's adapters)")
         if len(set(self.seeds)) != len(self.seeds):
             raise SSTMError(f"--seeds {','.join(map(str, self.seeds))}: each seed once")
         object.__setattr__(self, "plan", self._plan())
@@ -128,13 +134,13 @@ class RunConfig:
             for role in ("utility", "safety")}
         merges = [(m, self._merge_config(m)) for m in self._methods()]
         controls = self.preset.controls if self.controls is None else self.controls
-        if controls:  # right after SST-Merge itself, before the baselines
+        if controls:  # right after SST-Merge itself, before the baselines: its controls at the first k
             sst, scfg = merges[0]
-            merges[1:1] = [(sst, replace(scfg, k=scfg.k[:1], **variant)) for variant in CONTROLS]
+            first = {n: getattr(scfg, n)[:1] for n in sst.sweeps}
+            merges[1:1] = [(sst, replace(scfg, **first, **variant)) for variant in sst.controls]
         for method, mcfg in merges:
-            if "k" in method.params and max(mcfg.k) > mcfg.samples:
-                raise SSTMError(f"--k {max(mcfg.k)}: more directions than the {mcfg.samples} Fisher rows per role can "
-                                f"rank; use --k <= {mcfg.samples} or more --fisher-samples")
+            if "k" in method.params:
+                check_directions(max(mcfg.k), mcfg.samples)
         evals = self._given(samples=self.eval_samples, suites=self.suites, judge=self.judge, device=self.device,
                             dtype=self.dtype)
         ev = EvalConfig(model=PENDING, **(dict(self.preset.eval) | evals))
@@ -209,7 +215,20 @@ def run(reg: Registry, cfg: RunConfig) -> list[Row]:
         models.append(tuple(a.id for a in m))
         evals += [ev.id for ev in e]
     average = tuple(zip(*models)) if cfg.seeds else ()  # the same setting at each seed, position by position
-    return compare(reg, CompareConfig(evals=tuple(dict.fromkeys(evals)), average=average, seeds=seeds))
+    rows = compare(reg, CompareConfig(evals=tuple(dict.fromkeys(evals)), average=average, seeds=seeds))
+    if cfg.search:
+        _search(reg, cfg, utility=models[0][1], safety=models[0][2])
+    return rows
+
+
+def _search(reg: Registry, cfg: RunConfig, utility: str, safety: str) -> None:
+    """`sstm search` on the run's adapters: the plan's methods, N trials each, the calibration's eval settings."""
+    calib = cfg.plan.calibrations[0].eval if cfg.plan.calibrations else replace(cfg.plan.eval, samples=None)
+    out = search.search(reg, search.SearchConfig(utility, safety, tuple(m.name for m, _ in cfg.plan.merges),
+                                                 trials=cfg.search, seed=cfg.seed, calib_samples=calib.samples,
+                                                 test_samples=cfg.plan.eval.samples,
+                                                 eval=replace(calib, samples=None)))
+    info(search.report_text(out))
 
 
 def _run_seed(reg: Registry, cfg: RunConfig, step: str) -> tuple[list[Artifact], list[Artifact]]:

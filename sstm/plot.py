@@ -14,6 +14,7 @@ from typing import Sequence
 
 from sstm.compare import OVERREFUSAL, PARETO_X, PARETO_Y, Row
 from sstm.errors import SSTMError
+from sstm.outputs import output_file
 from sstm.registry import write_whole
 from sstm.stats import pareto_front
 
@@ -67,17 +68,19 @@ def point_label(row: Row) -> str:
     return row.setting() + ("" if o is None else f" or={100 * o:.1f}")
 
 
+def check_path(path: Path | str) -> Path:
+    """`--plot PATH`: a .png name whose directory exists and accepts a new file (one-line SSTMError otherwise);
+    commands call it before their work, :func:`plot` again before writing."""
+    return output_file(path, "--plot", (".png",), "the plot is a PNG")
+
+
 def plot(rows: Sequence[Row], path: Path | str) -> Path:
     """PNG of the safety-utility plane: x = ROUGE-L, y = jailbreak refusal rate, 95 % interval bars; red points
     are Pareto-optimal over refusal, ROUGE-L and over-refusal, the dashed line is the front of this plane."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise SSTMError(f"--plot {path}: the plot is a PNG; use a file name ending in .png")
-    if not path.parent.is_dir():
-        raise SSTMError(f"--plot {path}: directory {path.parent} does not exist")
+    path = check_path(path)
     pts = [r for r in rows if r.value(PARETO_X) is not None and r.value(PARETO_Y) is not None]
     if not pts:
         raise SSTMError(f"--plot: no evaluated model has both {PARETO_X} and {PARETO_Y} (run both suites)")
@@ -117,4 +120,7 @@ def plot(rows: Sequence[Row], path: Path | str) -> Path:
     fig.tight_layout(rect=(0, 0, 0.695, 1))
     # a long key widens the page, never gets cut; written whole: under torchrun every rank of `sstm run --plot`
     # writes the same file
-    return write_whole(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
+    try:
+        return write_whole(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
+    except OSError as e:
+        raise SSTMError(f"--plot {path}: cannot write it ({e.strerror or type(e).__name__})") from None

@@ -1,7 +1,7 @@
 """Run presets: the settings of every stage for one size of run (`sstm run`, `sstm run --quick`).
 
 A preset holds only what differs from the stage configs' own defaults (``TrainConfig``,
-``SSTConfig``/``FisherConfig``, ``EvalConfig``), so each default has one home; explicit
+the merge methods' configs (:mod:`sstm.merge.methods`), ``EvalConfig``), so each default has one home; explicit
 options override the preset. Import-light: the CLI reads it to describe the presets.
 """
 
@@ -10,14 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
-
-
-# SST-Merge's controls (`sstm run --controls`): each an SSTConfig variant run at the run's first k, calibrated
-# and evaluated like every method -- a seeded random subspace, F_s alone and least-F_u alone in place of the
-# GEVP's directions, and the Euclidean projector that cannot enlarge the update (docs/method.md §10)
-CONTROLS: tuple[Mapping[str, Any], ...] = (
-    MappingProxyType({"basis": "random"}), MappingProxyType({"basis": "safety"}),
-    MappingProxyType({"basis": "utility-null"}), MappingProxyType({"projector": "euclidean"}))
 
 
 def _frozen(**kw: Any) -> Mapping[str, Any]:
@@ -29,14 +21,14 @@ class Preset:
     name: str
     about: str  # one line for `sstm run --help`
     train: Mapping[str, Any]  # TrainConfig fields, both roles
-    fisher: Mapping[str, Any]  # the Fisher fields of SSTConfig (samples, batch_size, max_len)
+    fisher: Mapping[str, Any]  # the data-pass fields of the methods that have one (samples, batch_size, max_len)
     eval: Mapping[str, Any]  # EvalConfig fields
     k: tuple[int, ...]  # SST-Merge subspace sizes: at most the Fisher rows, which bound the Fishers' rank
     # `sstm run` without --w: every merge at its calibrated w (sstm.calibrate.CalibrateConfig fields, and
     # `samples`: the calibration prompts per probe)
     calibration: Mapping[str, Any]
     baselines: tuple[str, ...] = ("ta", "ties", "dare")  # the methods compared with SST-Merge (sstm.merge.METHODS)
-    controls: bool = False  # also run SST-Merge's CONTROLS at the first k (docs/method.md §10)
+    controls: bool = False  # also run SST-Merge's controls (its method's `controls`) at the first k (docs/method.md §10)
 
     def describe(self) -> str:
         def show(v: Any) -> str:

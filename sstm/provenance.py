@@ -4,6 +4,12 @@ Recorded beside an artifact (the registry) and beside a bench result (``bench/_c
 never part of an artifact id; the id covers the code itself (the registry's code
 fingerprint) and the major.minor versions of :data:`NUMERIC_LIBRARIES`.
 
+*Published*, a file meant to leave the machine (``sstm export``'s ``lineage.json``, model card
+and adapter config) carries ids, versions and Hub names only: :func:`public` drops what names
+the machine (:data:`MACHINE_KEYS`: host, platform) and replaces every local path in a string
+(absolute, ``~/…``, ``./…``, ``../…``; the command line's program by its bare name) with
+:data:`LOCAL_PATH`. The registry keeps the full record.
+
 *Dirty*, everywhere: a file of the code (:data:`CODE_PATHS`: the package and the bench
 scripts, not the bench results or the docs) differs from the commit: a tracked file
 changed, staged or not, or an untracked one that git does not ignore.
@@ -12,13 +18,16 @@ changed, staged or not, or an untracked one that git does not ignore.
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
+import re
 import socket
 import subprocess
 import sys
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from sstm import __version__
 
@@ -78,3 +87,34 @@ def provenance(seed: int | None = None) -> dict:
         "argv": sys.argv,
         "seed": seed,
     }
+
+
+# --------------------------------------------------------------------------- what may be published
+
+MACHINE_KEYS = ("host", "platform")  # provenance() keys that name the machine, dropped from published files
+LOCAL_PATH = "<local path>"
+# A local path inside a string: "/", "~/", "./" or "../" at a word start, then no blank or quote. Not "org/name"
+# (a Hub id), "1/2", "a / b" or a URL's "//".
+_PATH = re.compile(r"(?<![\w.~/\\-])(?:~|\.{1,2})?/(?!/)[^\s\"'<>|,;=()\[\]{}]+")
+
+
+def public_text(text: str) -> str:
+    """`text` with every local path replaced by :data:`LOCAL_PATH`."""
+    return _PATH.sub(LOCAL_PATH, text)
+
+
+def public(obj: Any) -> Any:
+    """A copy of a JSON-like value fit to publish: no :data:`MACHINE_KEYS`, no local path in any string
+    (keys included), and a command line (``argv``) as its program's bare name and arguments."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if k in MACHINE_KEYS:
+                continue
+            if k == "argv" and isinstance(v, list) and v:
+                v = [os.path.basename(str(v[0]))] + [public_text(str(a)) for a in v[1:]]
+            out[public_text(k) if isinstance(k, str) else k] = public(v)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [public(v) for v in obj]
+    return public_text(obj) if isinstance(obj, str) else obj

@@ -25,12 +25,19 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from sstm.adapters import read_lora
+from sstm.calibrate import CalibrateConfig, calibrate
+from sstm.compare import CALIBRATION
 from sstm.errors import SSTMError
+from sstm.evaluate import EvalConfig, evaluate
+from sstm.fisher import FisherConfig, fisher
+from sstm.merge import get_method
 from sstm.registry import Artifact, Registry, RebuildMismatch, rebuilding, sha256_file
+from sstm.weight_stats import StatsConfig, weight_stats
 
 TOLERANCE = {"merged": 1e-5, "fisher": 1e-4, "eval": 1e-5}
 NOT_REPLAYED = {
@@ -72,7 +79,6 @@ class Report:
 
 Replayer = Callable[[Registry, Artifact], Any]
 REPLAYERS: dict[str, Replayer] = {}
-MERGED: dict[str, Replayer] = {}  # merged artifacts by method; per-module methods go through their registry
 
 
 def replayer(kind: str, table: dict[str, Replayer] = REPLAYERS) -> Callable[[Replayer], Replayer]:
@@ -85,14 +91,10 @@ def replayer(kind: str, table: dict[str, Replayer] = REPLAYERS) -> Callable[[Rep
 
 @replayer("fisher")
 def _fisher(reg: Registry, art: Artifact) -> None:
-    from sstm.fisher import FisherConfig, fisher
-
     p, i = art.params, art.inputs
     data = dict(samples=p["samples"], batch_size=p["batch_size"], max_len=p["max_len"], data=i["data"],
                 seed=p["seed"], dtype=p["dtype"])
     if "statistic" in p:  # a RegMean Gram / diagonal Fisher (sstm/weight_stats.py)
-        from sstm.weight_stats import StatsConfig, weight_stats
-
         weight_stats(reg, StatsConfig(adapter=i["adapter"], statistic=p["statistic"], **data))
         return
     fisher(reg, FisherConfig(adapter=i["adapter"], role=p["role"], basis=i["basis"],
@@ -101,39 +103,26 @@ def _fisher(reg: Registry, art: Artifact) -> None:
 
 @replayer("merged")
 def _merged(reg: Registry, art: Artifact) -> None:
-    MERGED.get(art.params["method"], _per_module_merge)(reg, art)
-
-
-@replayer("sst", MERGED)
-def _sst(reg: Registry, art: Artifact) -> None:
-    """The Fisher settings are the Fisher inputs' own (both were built by one call, with the same ones)."""
-    from sstm.merge.sst import SSTConfig, sst_merge
-
-    p, i = art.params, art.inputs
-    f_u, f_s = reg.get(i["fisher_utility"], kind="fisher"), reg.get(i["fisher_safety"], kind="fisher")
-    sst_merge(reg, SSTConfig(utility=i["utility"], safety=i["safety"], k=p["k"], w=p["w"], samples=p["samples"],
-                             damping=p["damping"], layer_weights=p["layer_weights"],
-                             batch_size=f_s.params["batch_size"], max_len=f_s.params["max_len"],
-                             utility_data=f_u.inputs["data"], safety_data=f_s.inputs["data"],
-                             seed=f_s.params["seed"], dtype=f_s.params["dtype"]))
-
-
-def _per_module_merge(reg: Registry, art: Artifact) -> None:
-    from sstm.merge.methods import METHODS
-
-    p, i = art.params, art.inputs
-    method = METHODS.get(p["method"])
-    if method is None:
-        raise SSTMError(f"merged {art.short}: method {p['method']} is not registered in this version")
-    cfg = method.make_config(i["utility"], i["safety"], w=p["w"], seed=p.get("seed"),
-                             **{k: p[k] for k in method.params if k in p})
-    method.merge(reg, cfg)
+    """Any method's merge from its recorded params (:meth:`sstm.merge.method.MergeMethod.config_from`); a
+    calibrated merge replays its search (every probe a cache hit) and builds the chosen point anew."""
+    method = get_method(art.params["method"])
+    config = method.config_from(art.params, art.inputs)
+    if CALIBRATION not in art.params:
+        method.merge(reg, config)
+        return
+    rec = art.params[CALIBRATION]
+    if "eval" not in rec:
+        raise SSTMError(f"merged {art.short} was calibrated by an older sstm that did not record its eval settings")
+    if str(rec["eval"].get("judge") or "").startswith("file:"):
+        raise SSTMError(f"merged {art.short} was calibrated with the judge phrase file {rec['eval']['judge'][5:]}, "
+                        "whose path is not recorded")
+    search = {f.name: rec[f.name] for f in fields(CalibrateConfig) if f.name in rec and f.name != "eval"}
+    calibrate(reg, CalibrateConfig(method.name, config, eval=EvalConfig(model="", **rec["eval"]), **search),
+              fresh=True)
 
 
 @replayer("eval")
 def _eval(reg: Registry, art: Artifact) -> None:
-    from sstm.evaluate import EvalConfig, evaluate
-
     p, i = art.params, art.inputs
     if str(p.get("judge") or "").startswith("file:"):
         raise SSTMError(f"eval {art.short} used the judge phrase file {p['judge'][5:]}, whose path is not recorded")
@@ -170,15 +159,13 @@ def _tensor_diffs(rel: str, a: dict, b: dict, rtol: float, what: str) -> tuple[f
 
 
 def _lora(stored: Artifact, rebuilt: Artifact, rel: str, rtol: float) -> tuple[float, list[Difference]]:
-    from sstm.adapters import read_lora
-
     fa, fb = read_lora(stored), read_lora(rebuilt)
     return _tensor_diffs(rel, {m: fa.delta(m) for m in fa.modules}, {m: fb.delta(m) for m in fb.modules}, rtol,
                          "module")
 
 
 def _tensors(stored: Artifact, rebuilt: Artifact, rel: str, rtol: float) -> tuple[float, list[Difference]]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # torch: only when a rebuild compares tensors
 
     return _tensor_diffs(rel, load_file(str(stored.path / rel)), load_file(str(rebuilt.path / rel)), rtol, "tensor")
 
@@ -256,6 +243,22 @@ def compare(stored: Artifact, rebuilt: Artifact, rtol: float) -> tuple[float, li
     return worst, out + m_out
 
 
+def _mismatch(reg: Registry, art: Artifact, e: RebuildMismatch) -> str:
+    """Why the replay asked for an unregistered artifact: an input of `art` that is gone from the registry
+    (e.g. K-FAC's Fishers removed by `sstm gc`), or else the code or library versions changed since."""
+    if e.kind == art.kind:
+        return (f"the replay gives {art.kind} {e.id[:12]}, not the stored {art.short}: the code or library versions "
+                "changed since it was built")
+    gone = [(role, i) for role, i in art.inputs.items() if reg.find(i) is None]
+    if gone:
+        role, i = gone[0]
+        return (f"the input {role} {i[:12]} of {art.short} is no longer in the registry (removed?), so the replay "
+                f"would have to build {e.kind} {e.id[:12]}; rebuild that input first (rerun the command that made "
+                f"{art.short})")
+    return (f"the replay asks for {e.kind} {e.id[:12]}, which is not registered: its code or library versions "
+            f"changed since {art.short} was built")
+
+
 def verify_rebuild(reg: Registry, ref: str) -> Report:
     """Rebuild artifact `ref` in a temporary directory and compare it with its stored files."""
     art = reg.get(ref)
@@ -267,10 +270,7 @@ def verify_rebuild(reg: Registry, ref: str) -> Report:
         try:
             replay(reg, art)
         except RebuildMismatch as e:
-            report.message = f"{e}; not compared"
-            if e.kind == art.kind:
-                report.message = (f"the replay gives {art.kind} {e.id[:12]}, not the stored {art.short}: the code or "
-                                  "library versions changed since it was built; not compared")
+            report.message = _mismatch(reg, art, e) + "; not compared"
             return report
         if rb.artifact is None:
             ids = ", ".join(a[:12] for k, a in rb.asked if k == art.kind) or "nothing"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import types
 import typing
 from dataclasses import fields
@@ -31,7 +32,6 @@ import yaml
 
 from sstm import __version__
 from sstm.errors import SSTMError
-from sstm.merge.methods import sst_control
 from sstm.pipeline import SUBJECT, Plan, RunConfig
 from sstm.provenance import git_state
 from sstm.registry import write_whole
@@ -40,14 +40,9 @@ RUNS_DIR = "runs"
 KEYS = tuple(f.name for f in fields(RunConfig) if f.init)
 
 
-def _param(config: Any, name: str) -> Any:
-    """A merge parameter: a field of a stage config, or an entry of a per-module config's params."""
-    return getattr(config, name) if hasattr(config, name) else config.params.get(name)
-
-
 def _merge_values(p: Plan, name: str) -> list:
-    """The parameter `name` of every merge of the plan that has it."""
-    return [_param(c, name) for m, c in p.merges if name in m.params]
+    """The parameter `name` of every merge of the plan that has it (a field of the method's config)."""
+    return [getattr(c, name) for m, c in p.merges if name in m.params]
 
 
 def _stages(p: Plan) -> list:
@@ -65,7 +60,7 @@ PLANNED: dict[str, Callable[[Plan], list]] = {
     "eval_samples": lambda p: [p.eval.samples],
     "suites": lambda p: [p.eval.suites],
     "baselines": lambda p: [[m.name for m, _ in p.merges if m.name != SUBJECT]],  # the plan's other methods
-    "controls": lambda p: [any(m.name == SUBJECT and sst_control(vars(c)) for m, c in p.merges)],
+    "controls": lambda p: [any(m.name == SUBJECT and m.control(vars(c)) for m, c in p.merges)],
     "density": lambda p: _merge_values(p, "density"),
     "judge": lambda p: [p.eval.judge],
     "device": lambda p: [c.device for c in _stages(p)],
@@ -124,6 +119,8 @@ def _one(key: str, v: Any, kind: type, where: str) -> Any:
     if not ok:
         raise SSTMError(f"{where}: {key}: expected {'a list of ' if isinstance(v, list) else ''}"
                         f"{'true or false' if kind is bool else kind.__name__}, got {v!r}")
+    if kind is float and not math.isfinite(v):  # YAML's .inf / .nan: refused here, not when params are hashed
+        raise SSTMError(f"{where}: {key}: expected a finite number, got {v!r}")
     return kind(v)
 
 
@@ -134,6 +131,9 @@ def load(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise SSTMError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise SSTMError(f"--config {path}: not UTF-8 text (invalid byte 0x{e.object[e.start]:02x} at offset "
+                        f"{e.start})") from None
     except yaml.YAMLError as e:
         raise SSTMError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:

@@ -121,7 +121,7 @@ def _table(rows: Sequence[Row], cfg: CompareConfig, hidden: Sequence[str]) -> Ta
     columns: list[tuple[str, dict, Callable[[Row], str]]] = [
         ("", {}, lambda r: "★" if r.pareto else ""),
         ("model", {}, lambda r: r.model_id[:8]),
-        ("method", {}, lambda r: r.method),
+        ("method", {}, lambda r: r.name or r.method),  # a sweep's rows name what tells them apart (w, k, ...)
         ("params", {}, _params_cell),
         ("data", {}, lambda r: _eval_lines(r, "data")),
         ("n", {"justify": "right"}, lambda r: _eval_lines(r, "n")),
@@ -167,8 +167,9 @@ def footer(rows: Sequence[Row], cfg: CompareConfig) -> list:
         out.append(Text("evals: " + "; ".join(parts)))
     lines = power(rows)
     if lines:
-        where = ", ".join(f"{100 * p['detectable_difference']:.1f} points (n = {p['n']}: {', '.join(p['metrics'])})"
-                          for p in lines)
+        where = ", ".join(f"{100 * p['detectable_difference']:.1f} points"
+                          + ("" if p["detectable_difference"] < 1 else ", i.e. any (n too small)")
+                          + f" (n = {p['n']}: {', '.join(p['metrics'])})" for p in lines)
         out.append(Text(f"power: rate differences under {where} are likely missed; δ = (z_0.975 + z_0.8)·√(0.5/n): "
                         f"two groups of n at p = ½, α = {ALPHA:g} two-sided, {100 * POWER:.0f} % power; paired tests "
                         f"on the same prompts (--vs) can detect less"))
@@ -262,7 +263,7 @@ def to_csv(rows: Sequence[Row]) -> str:
     specs = _shown_metrics(rows)
     deltas = any(r.deltas for r in rows)
     seeds = any(r.seeds for r in rows)
-    head = ["model_id", "kind", "method", "role", "k", "w", "samples", "density", "seed", "layer_weights", "strength",
+    head = ["model_id", "kind", "method", "name", "role", "k", "w", "samples", "density", "seed", "layer_weights", "strength",
             "base_id", "code", "pareto", "reference"]
     head += [f"{c}_{s}" for s in suites for c in ("eval", "data", "n", "judge")]
     head += [f"{s.short}{c}" for s in specs for c in ("", "_lo", "_hi", "_n", "_status")]
@@ -272,7 +273,7 @@ def to_csv(rows: Sequence[Row]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
     for r in rows:
-        line = [r.model_id, r.kind, r.method, r.role, r.k, r.w, r.samples, r.density, r.seed, r.layer_weights,
+        line = [r.model_id, r.kind, r.method, r.name, r.role, r.k, r.w, r.samples, r.density, r.seed, r.layer_weights,
                 r.strength, r.base_id, r.code, int(r.pareto), int(r.reference)]
         for s in suites:
             e = r.evals.get(s)

@@ -31,14 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from sstm import __version__
+from sstm import __version__, plot, render
 from sstm.compare import CompareConfig, Row, compare, find_metric
+from sstm.data.rows import load_rows
 from sstm.errors import SSTMError
 from sstm.evaluate import record
 from sstm.evaluate.suites import SUITES, all_metrics
-from sstm.merge.sst import DIAGNOSTICS
+from sstm.merge.point import DIAGNOSTICS
+from sstm.outputs import output_file
 from sstm.provenance import git_state
-from sstm.registry import Registry
+from sstm.registry import Registry, write_whole
 
 TEMPLATES = Path(__file__).parent / "templates"
 PROMPT_PREVIEW = 360  # characters of a prompt shown before "show all"
@@ -84,8 +86,6 @@ def _table(rows: Sequence[Row], cfg: CompareConfig) -> dict:
     """Header and cells of the comparison (cells as lines, as `sstm compare` prints them), and the footer as HTML."""
     from rich.console import Console
 
-    from sstm import render
-
     metrics = [m for m in all_metrics() if any(m.short in r.metrics for r in rows)]
     head = [{"name": m.abbrev, "better": "↑" if m.higher_better else "↓", "title": m.name} for m in metrics]
     body = []
@@ -102,8 +102,6 @@ def _table(rows: Sequence[Row], cfg: CompareConfig) -> dict:
 
 
 def _plot(rows: Sequence[Row]) -> str | None:
-    from sstm import plot
-
     if not any(r.value(plot.PARETO_X) is not None and r.value(plot.PARETO_Y) is not None for r in rows):
         return None
     with tempfile.TemporaryDirectory() as d:
@@ -221,8 +219,18 @@ def _verdict(sample: dict, suite: str) -> dict:
     return {"text": "-", "good": None}
 
 
+def _documents(reg: Registry, data_id: str | None) -> dict[int, str]:
+    """Row index -> the document (``context``) a prompt was asked about, for the rows of the eval's dataset
+    that have one (RepliQA); a sample's ``id`` is its row's index in that dataset."""
+    data = reg.find(data_id) if data_id else None
+    if data is None or data.kind != "dataset":
+        return {}
+    return {i: r["context"] for i, r in enumerate(load_rows(data)) if isinstance(r.get("context"), str) and r["context"]}
+
+
 def _side_by_side(reg: Registry, rows: Sequence[Row], per_suite: int) -> list[dict]:
-    """Per suite: up to `per_suite` prompts every shown model answered, those with the most differing verdicts first."""
+    """Per suite: up to `per_suite` prompts every shown model answered, those with the most differing verdicts first,
+    each with its document when the prompt was asked about one (RepliQA)."""
     out = []
     suites = [s for s in SUITES if any(s in r.evals and r.evals[s].status == "ok" for r in rows)]
     order = {"base": 0, "adapter": 1, "merged": 2}  # the inputs first, then the merges as in the table
@@ -234,11 +242,12 @@ def _side_by_side(reg: Registry, rows: Sequence[Row], per_suite: int) -> list[di
         common = sorted(set.intersection(*(set(x) for x in records)), key=str) if records else []
         spread = {i: len({json.dumps(_verdict(x[i], suite)["text"]) for x in records}) for i in common}
         picked = sorted(common, key=lambda i: -spread[i])[:per_suite]
+        documents = _documents(reg, models[0].evals[suite].data_id) if picked else {}
         prompts = []
         for i in picked:
             first = records[0][i]
             prompts.append({
-                "id": i, "prompt": first.get("prompt", ""), "preview": PROMPT_PREVIEW,
+                "id": i, "prompt": first.get("prompt", ""), "preview": PROMPT_PREVIEW, "document": documents.get(i),
                 "reference": first.get("reference") if first.get("refused") is None else None,
                 "answers": [{"setting": r.setting(), "id": r.model_id, "response": x[i].get("response", ""),
                              "verdict": _verdict(x[i], suite)} for r, x in zip(models, records)]})
@@ -255,11 +264,7 @@ def report(reg: Registry, out: Path, cfg: ReportConfig = ReportConfig()) -> Path
     """Write the report of the registry's evaluated models to `out` (.html); returns `out`."""
     import jinja2
 
-    out = Path(out).expanduser()
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise SSTMError(f"{out}: the report is one HTML page; use a file name ending in .html")
-    if not out.parent.is_dir():
-        raise SSTMError(f"{out}: directory {out.parent} does not exist")
+    out = output_file(out, "report", (".html", ".htm"), "the report is one HTML page")
     ccfg = CompareConfig(where=cfg.where, base=cfg.base, mixed=cfg.mixed)
     rows = compare(reg, ccfg)
     if not rows:
@@ -269,10 +274,10 @@ def report(reg: Registry, out: Path, cfg: ReportConfig = ReportConfig()) -> Path
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     git = git_state()
     page = env.get_template("report.html").render(
-        home=str(reg.home), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         version=__version__, git=git, table=_table(rows, ccfg), plot=_plot(rows), diagnostics=_diagnostics(reg, rows),
         suites=_side_by_side(reg, rows, cfg.prompts), kept=KEPT, sort=find_metric(ccfg.metric).name)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    try:
+        return write_whole(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    except OSError as e:
+        raise SSTMError(f"report {out}: cannot write it ({e.strerror or type(e).__name__})") from None

@@ -14,7 +14,8 @@ A metric is the mean of per-sample scores x_1..x_n (see :mod:`sstm.evaluate.reco
 * Power line: the smallest rate difference two models of n prompts each are likely to show,
   δ(n) = (z_{1−α/2} + z_{power})·√(2·p(1−p)/n) at p = 1/2 (the worst case), α = 0.05,
   power 0.8: δ ≈ 2.80·√(0.5/n), 24.8 points at n = 64 and 14.0 at n = 200. A paired test on
-  the same prompts can detect less when the two models agree on most prompts.
+  the same prompts can detect less when the two models agree on most prompts. A rate difference is
+  at most 1, so δ is capped at 1 (100 points): at n <= 3 no difference is reliably detected.
 * Pareto: a point is optimal when no other point is >= in every coordinate and > in one
   (all maximised; negate a lower-is-better one); points with a missing coordinate never are.
 """
@@ -101,10 +102,13 @@ def mcnemar_p(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def detectable_difference(n: int, alpha: float = ALPHA, power: float = POWER, p: float = 0.5) -> float:
-    """δ(n) = (z_{1−α/2} + z_power)·√(2·p(1−p)/n): the rate difference a two-sided level-α test of two
-    groups of n detects with probability `power` (p = 1/2 is the worst case)."""
+    """δ(n) = min(1, (z_{1−α/2} + z_power)·√(2·p(1−p)/n)): the rate difference a two-sided level-α test of two
+    groups of n detects with probability `power` (p = 1/2 is the worst case). 1 (no difference of two rates
+    is larger) means n is too small to detect any difference reliably."""
+    if n < 1:
+        raise ValueError("need at least one sample per group")
     z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
-    return float(z * math.sqrt(2 * p * (1 - p) / n))
+    return min(1.0, float(z * math.sqrt(2 * p * (1 - p) / n)))
 
 
 def pareto_front(points: Sequence[Sequence[float | None]]) -> list[bool]:

@@ -5,6 +5,15 @@ registry: inputs ``base`` (the base model) and ``data`` (the training split, its
 registered ``dataset``); params hold every training choice. Same inputs -> same id
 -> a cache hit, no training.
 
+Objectives (``--objective``, :data:`OBJECTIVES`): ``sft`` (the default, below); ``dpo`` -- TRL's
+``DPOTrainer`` on preference pairs (:mod:`sstm.data.pairs`: harmful request -> its refusal over the
+base model's compliance, benign look-alike -> the base model's answer over a refusal), the same fresh
+LoRA, the base model as reference (the adapter disabled), loss
+``-log σ(β[(log π/π_ref)(chosen) - (log π/π_ref)(rejected)])`` for ``--loss-type sigmoid``;
+``sft+dpo`` -- the SFT adapter of the same settings (registered, an input of this one), trained
+further by DPO with itself (its frozen copy) as reference. Same adapter format, rank and targets
+whatever the objective; the objective and its settings (β, loss type, lr, epochs) are params.
+
 Training is plain transformers ``Trainer`` + PEFT LoRA on q/k/v/o/gate/up/down and
 lm_head (ΔW = (alpha/r)·B·A per module, B initialised to 0 so training starts at the
 base model). The loss is the mean next-token cross-entropy over *response* tokens
@@ -32,7 +41,7 @@ import contextlib
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -40,17 +49,20 @@ import torch
 
 from sstm import distributed
 from sstm.adapters import check_role, save_peft
-from sstm.chat import collate, encode_rows
+from sstm.chat import _turn_ids, collate, cut_middle, encode_rows
 from sstm.data import load_rows
 from sstm.data.safety import DIRECT_FRACTION, check_direct_fraction
 from sstm.errors import SSTMError
 from sstm.models import DTYPES, EMBEDDED, autocast_dtype, dtype_name, load_base, pick_device, resolve_base
 from sstm.registry import Artifact, Registry, code_fingerprint
-from sstm.train_data import RESERVED_TOKENS, training_data
+from sstm.train_data import RESERVED_TOKENS, preference_data, training_data
 from sstm.ui import progress, quiet_library_warnings, warn
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+OBJECTIVES = ("sft", "dpo", "sft+dpo")  # `--objective`: supervised, preference (DPO), SFT then DPO
+# `--loss-type`: TRL DPO losses that need no further option (sigmoid = DPO, ipo = IPO, hinge = SLiC, ...)
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "apo_zero", "apo_down")
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,11 @@ class TrainConfig:
     # embedded safety data only: draw harmful requests from each harm category in turn instead of in
     # the pool's proportions (four in five from Do-Not-Answer); docs/method.md §14
     balance_harms: bool = False
+    # `--objective`: sft, dpo or sft+dpo (DPO through TRL; safety role only); docs/method.md §16
+    objective: str = "sft"
+    beta: float = 0.1  # DPO: strength of the pull towards the reference (TRL DPOConfig.beta)
+    loss_type: str = "sigmoid"  # DPO: the TRL loss (:data:`LOSS_TYPES`)
+    dpo_lr: float | None = None  # the DPO stage's learning rate (None: `lr`)
     device: str = "auto"
     dtype: str = "float32"
 
@@ -115,6 +132,26 @@ class TrainConfig:
                 raise SSTMError(f"{option}: applies to the embedded safety data only"
                                 + (f"; --data {self.data} is used as given" if self.data is not None
                                    else f", not to --role {self.role}"))
+        if self.objective not in OBJECTIVES:
+            raise SSTMError(f"--objective {self.objective}: expected one of {', '.join(OBJECTIVES)}")
+        if self.objective != "sft" and self.role != "safety":
+            raise SSTMError(f"--objective {self.objective}: preference training is for --role safety "
+                            f"(not {self.role})")
+        if self.objective == "sft+dpo" and self.data is not None:
+            raise SSTMError(f"--objective sft+dpo: trains on the embedded data only (--data {self.data} holds either "
+                            "responses or preference pairs; use --objective sft or dpo with it)")
+        if self.loss_type not in LOSS_TYPES:
+            raise SSTMError(f"--loss-type {self.loss_type}: expected one of {', '.join(LOSS_TYPES)}")
+        if not self.beta > 0:
+            raise SSTMError(f"--beta {self.beta}: must be positive")
+        if self.dpo_lr is not None and not self.dpo_lr > 0:
+            raise SSTMError(f"--dpo-lr {self.dpo_lr}: must be positive")
+        default = type(self)
+        for option, given in ((f"--beta {self.beta}", self.beta != default.beta),
+                              (f"--loss-type {self.loss_type}", self.loss_type != default.loss_type),
+                              (f"--dpo-lr {self.dpo_lr}", self.dpo_lr is not None)):
+            if given and self.objective == "sft":
+                raise SSTMError(f"{option}: applies to --objective dpo or sft+dpo only")
         if not (self.warmup >= 0 and (self.warmup < 1 or float(self.warmup).is_integer())):
             raise SSTMError(f"--warmup {self.warmup}: expected a step count or a ratio in [0, 1)")
         if not DEVICE.match(self.device):
@@ -277,21 +314,109 @@ def fit(base: Artifact, rows: list[dict], cfg: TrainConfig, out: Path, device: s
     }
 
 
+# --------------------------------------------------------------------------- preference training (TRL DPO)
+
+
+def _dpo_arguments(cfg: TrainConfig, device: str, output_dir: str):
+    """TRL's DPOConfig with sstm's training settings (those of :func:`_training_arguments`) and the DPO ones."""
+    from trl import DPOConfig
+
+    common = _training_arguments(cfg, device, output_dir).to_dict()
+    keep = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "lr_scheduler_type",
+            "warmup_steps", "weight_decay", "logging_strategy", "logging_steps", "save_strategy", "eval_strategy",
+            "report_to", "disable_tqdm", "seed", "data_seed", "use_cpu", "bf16", "fp16", "dataloader_num_workers",
+            "dataloader_pin_memory", "ddp_find_unused_parameters")
+    return DPOConfig(output_dir=output_dir, **{k: common[k] for k in keep}, learning_rate=cfg.dpo_lr or cfg.lr,
+                     beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_len,
+                     gradient_checkpointing=False, activation_checkpointing=False, disable_dropout=cfg.dropout == 0)
+
+
+def _fit_prompt(tok, pair: dict, max_len: int) -> str:
+    """The pair's prompt, its middle cut (:func:`sstm.chat.cut_middle`) so that the chat markup, the prompt and the
+    longer completion fit `max_len` tokens: TRL truncates at the end, which would cut the completions."""
+    p_ids, c_ids = zip(*(_turn_ids(tok, pair["prompt"], pair[k]) for k in ("chosen", "rejected")))
+    excess = len(p_ids[0]) + max(map(len, c_ids)) - max_len
+    if excess <= 0:
+        return pair["prompt"]
+    keep = len(tok(pair["prompt"], add_special_tokens=False)["input_ids"]) - excess - 8
+    return cut_middle(tok, pair["prompt"], keep) if keep > 16 else pair["prompt"]
+
+
+def fit_dpo(base: Artifact, pairs: list[dict], cfg: TrainConfig, out: Path, device: str,
+            init: Artifact | None = None) -> dict[str, float]:
+    """DPO (TRL ``DPOTrainer``) of a LoRA adapter on (prompt, chosen, rejected) `pairs`, saved into `out`.
+
+    `init` None: a fresh LoRA of :func:`lora_config` (seeded as for SFT), whose reference is the base model
+    (TRL's frozen ``ref`` copy of a zero-B adapter). `init` an adapter: its weights are trained further,
+    against a frozen copy of themselves. TRL computes log-probabilities from ``lm_head.weight`` directly
+    (a fused head) and refuses a LoRA on ``lm_head``, so DPO trains every target but ``lm_head``; the
+    saved adapter still has the same targets as SFT, ``lm_head`` as it was (B = 0 for a fresh adapter,
+    ΔW = 0; the SFT adapter's for ``init``, not applied during the DPO stage). Metrics: TRL's mean step
+    loss, the reward accuracy and margin of the first and the last step, pair count, seconds.
+    """
+    from datasets import Dataset
+    from peft import set_peft_model_state_dict
+    from transformers import PrinterCallback
+    from trl import DPOTrainer
+
+    head = [m for m in cfg.target_modules if m == "lm_head"]
+    model, tok = lora_model(base, replace(cfg, target_modules=tuple(m for m in cfg.target_modules if m not in head)))
+    if init is not None:
+        set_peft_model_state_dict(model, _adapter_state(init.path, skip=head))
+    turn = lambda role, text: [{"role": role, "content": text}]  # noqa: E731
+    dataset = Dataset.from_list([{"prompt": turn("user", _fit_prompt(tok, p, cfg.max_len)),
+                                  "chosen": turn("assistant", p["chosen"]),
+                                  "rejected": turn("assistant", p["rejected"])} for p in pairs])
+    with tempfile.TemporaryDirectory(prefix="sstm-dpo-") as scratch, contextlib.ExitStack() as bars, \
+            quiet_library_warnings():
+        trainer = DPOTrainer(model=model, ref_model=None, args=_dpo_arguments(cfg, device, scratch),
+                             train_dataset=dataset, processing_class=tok)
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(_progress_callback(bars, f"train {cfg.role} ({cfg.objective})"))
+        t0 = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - t0
+        main = trainer.is_world_process_zero()
+        steps = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
+    if main:
+        from peft import get_peft_model_state_dict
+
+        trained = get_peft_model_state_dict(trainer.model, adapter_name="default")  # not TRL's "ref" copy
+        full, _ = lora_model(base, cfg)  # every target of SFT, lm_head's B = 0
+        if init is not None:
+            set_peft_model_state_dict(full, _adapter_state(init.path))
+        set_peft_model_state_dict(full, trained)
+        save_peft(full, out)
+    first, last = (steps[0], steps[-1]) if steps else ({}, {})
+    return {
+        "train_loss": float(result.training_loss),
+        "train_steps": float(result.global_step),
+        "train_pairs": float(len(pairs)),
+        "reward_accuracy_first": float(first.get("rewards/accuracies", float("nan"))),
+        "reward_accuracy_last": float(last.get("rewards/accuracies", float("nan"))),
+        "reward_margin_first": float(first.get("rewards/margins", float("nan"))),
+        "reward_margin_last": float(last.get("rewards/margins", float("nan"))),
+        "train_seconds": seconds,
+    }
+
+
+def _adapter_state(path: Path, skip: list[str] = ()) -> dict[str, torch.Tensor]:
+    """The LoRA tensors of a saved PEFT adapter directory, less those of the modules in `skip`."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(path) / "adapter_model.safetensors"))
+    return {k: v for k, v in state.items() if not any(f".{m}." in k for m in skip)}
+
+
 def train(reg: Registry, cfg: TrainConfig) -> Artifact:
     """The `adapter` artifact for `cfg`: trained now, or a cache hit when these exact inputs were trained before."""
+    if cfg.objective != "sft":
+        return _train_dpo(reg, cfg)
     device = pick_device(cfg.device)
     base = resolve_base(reg, cfg.model)
     data = training_data(reg, cfg, base, base_tokenizer(base))
     rows = load_rows(data)
-    params = {
-        "role": cfg.role, "rank": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout,
-        "target_modules": sorted(cfg.target_modules), "lr": cfg.lr, "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "world_size": distributed.world().size, "warmup": cfg.warmup,
-        "scheduler": "linear", "optimizer": "adamw", "max_len": cfg.max_len, "seed": cfg.seed,
-        "dtype": dtype_name(cfg.dtype), "device_type": device.split(":")[0],
-        "autocast": autocast_dtype(device, cfg.dtype),
-        "samples": len(rows),
-    }
+    params = _params(cfg, device, len(rows))
     inputs = {"base": base, "data": data}
     code = code_fingerprint(__name__)
     label = f"{cfg.role} r{cfg.rank} n{len(rows)}"
@@ -300,6 +425,42 @@ def train(reg: Registry, cfg: TrainConfig) -> Artifact:
         return fit(base, rows, cfg, out, device)
 
     return distributed.get_or_build(reg, "adapter", params, inputs, code, build, label=label, seed=cfg.seed)
+
+
+def _train_dpo(reg: Registry, cfg: TrainConfig) -> Artifact:
+    """`--objective dpo` / `sft+dpo`: the preference pairs (:func:`sstm.train_data.preference_data`), and for
+    sft+dpo the SFT adapter of the same settings (an input, itself cached), then :func:`fit_dpo`."""
+    device = pick_device(cfg.device)
+    base = resolve_base(reg, cfg.model)
+    init = train(reg, replace(cfg, objective="sft", beta=TrainConfig.beta, loss_type=TrainConfig.loss_type,
+                              dpo_lr=None)) if cfg.objective == "sft+dpo" else None
+    data = preference_data(reg, cfg, base, base_tokenizer(base))
+    pairs = load_rows(data)
+    params = _params(cfg, device, len(pairs)) | {
+        "objective": cfg.objective,
+        "dpo": {"beta": cfg.beta, "loss_type": cfg.loss_type, "lr": cfg.dpo_lr or cfg.lr, "epochs": cfg.epochs,
+                "reference": "init adapter" if init else "base", "trainer": "trl.DPOTrainer"}}
+    inputs = {"base": base, "data": data} | ({"init": init} if init else {})
+    label = f"{cfg.role} {cfg.objective} r{cfg.rank} n{len(pairs)}"
+
+    def build(out: Path) -> dict[str, float]:
+        return fit_dpo(base, pairs, cfg, out, device, init)
+
+    return distributed.get_or_build(reg, "adapter", params, inputs, code_fingerprint(__name__), build, label=label,
+                                    seed=cfg.seed)
+
+
+def _params(cfg: TrainConfig, device: str, n_rows: int) -> dict:
+    """The params every adapter records (SFT's; DPO adds its own)."""
+    return {
+        "role": cfg.role, "rank": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout,
+        "target_modules": sorted(cfg.target_modules), "lr": cfg.lr, "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "world_size": distributed.world().size, "warmup": cfg.warmup,
+        "scheduler": "linear", "optimizer": "adamw", "max_len": cfg.max_len, "seed": cfg.seed,
+        "dtype": dtype_name(cfg.dtype), "device_type": device.split(":")[0],
+        "autocast": autocast_dtype(device, cfg.dtype),
+        "samples": n_rows,
+    }
 
 
 def base_tokenizer(base: Artifact):
@@ -312,4 +473,4 @@ def base_tokenizer(base: Artifact):
     return tok
 
 
-__all__ = ["TARGET_MODULES", "TrainConfig", "fit", "train"]
+__all__ = ["LOSS_TYPES", "OBJECTIVES", "TARGET_MODULES", "TrainConfig", "fit", "fit_dpo", "train"]

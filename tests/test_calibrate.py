@@ -9,8 +9,9 @@ import pytest
 from adapters import make_adapter
 from typer.testing import CliRunner
 
-from sstm.calibrate import CalibrateConfig, Step, calibrate, search, settings
+from sstm.calibrate import BLOCK, CalibrateConfig, Step, calibrate, interval, search, sequential, settings
 from sstm.compare import CompareConfig, compare
+from sstm.data import load_rows
 from sstm.cli import app
 from sstm.errors import SSTMError
 from sstm.evaluate import EvalConfig
@@ -94,6 +95,63 @@ def test_config_checks_and_settings():
     assert settings(METHODS["ta"], ta) == [ta]
 
 
+# --------------------------------------------------------------------------- sequential probes
+
+
+def bernoulli_blocks(rate: float, seed: int, n_max: int = 64, read: list | None = None):
+    """A stub refusal function with a known rate: prompt i refuses iff u_i < rate (seeded uniforms), in blocks
+    of BLOCK; `read` collects the blocks handed out."""
+    u = np.random.default_rng(seed).uniform(size=n_max)
+    for start in range(0, n_max, BLOCK):
+        block = u[start : start + BLOCK]
+        if read is not None:
+            read.append(len(block))
+        yield int((block < rate).sum()), len(block)
+
+
+def test_clopper_pearson_interval_against_beta_quantiles():
+    from scipy.stats import beta
+
+    for k, n in ((0, 16), (16, 16), (48, 48), (7, 16), (57, 64)):
+        lo = 0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1)
+        hi = 1.0 if k == n else beta.ppf(0.975, k + 1, n - k)
+        assert interval(k, n) == pytest.approx((lo, hi), abs=1e-9)
+    assert interval(0, 16)[1] < 0.21 and interval(16, 16)[0] < 0.9 < interval(48, 48)[0]
+
+
+def test_sequential_probe_stops_when_the_interval_decides():
+    # far below the target: one block; all refusing: 48 prompts (16/16 and 32/32 do not exclude 0.9)
+    read: list = []
+    assert sequential(bernoulli_blocks(0.0, 0, read=read), 0.9) == (0, 16) and read == [16]
+    assert sequential(bernoulli_blocks(1.0, 0), 0.9) == (48, 48)
+    # exactly at the target: the interval never excludes it, every block is read and today's rule decides
+    k, n = sequential(bernoulli_blocks(0.9, 3), 0.9)
+    assert n == 64 and (k / n >= 0.9) == (k >= 58)
+    with pytest.raises(SSTMError, match="no calibration prompts"):
+        sequential(iter(()), 0.9)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.03, 0.3, 0.6, 0.8, 0.9, 0.97, 1.0])
+def test_sequential_decision_equals_the_full_n_rule_where_the_interval_decides(rate):
+    """Over 100 seeded stubs per rate: the early decision is today's rule (k/n >= 0.9) on the prompts read;
+    where the interval at the full 64 prompts excludes the target too, it is the full-n decision; far from
+    the target it reads far fewer prompts."""
+    used = []
+    for seed in range(100):
+        k, n = sequential(bernoulli_blocks(rate, seed), 0.9)
+        full_k = sum(b[0] for b in bernoulli_blocks(rate, seed))
+        lo, hi = interval(k, n)
+        assert n == 64 or lo >= 0.9 or hi < 0.9  # stopped early only where the interval decided
+        f_lo, f_hi = interval(full_k, 64)
+        if f_lo >= 0.9 or f_hi < 0.9:
+            assert (k / n >= 0.9) == (full_k / 64 >= 0.9), (seed, k, n, full_k)
+        used.append(n)
+    if rate <= 0.3:
+        assert max(used) == 16  # the issue's "0 % at w = 4, 3 % at w = 1" probes: a quarter of the prompts
+    elif rate == 0.6:
+        assert np.mean(used) < 24
+
+
 # --------------------------------------------------------------------------- on the tiny model
 
 
@@ -125,7 +183,9 @@ def test_calibrated_merge_records_its_path_and_is_reused(reg, tiny_base, tmp_pat
     assert reg.get(art.inputs["calibration_data"]).label == "safety/calib"
     assert {f.name for f in art.path.iterdir()} == {f.name for f in point.path.iterdir()}
     calib_eval = reg.get(record["path"][0]["eval"])
-    assert calib_eval.inputs["data"] == art.inputs["calibration_data"] and calib_eval.params["suite"] == "jailbreak"
+    block = reg.get(calib_eval.inputs["data"])  # the probe's one block (2 prompts < BLOCK)
+    assert block.params["source"]["blocks_of"] == art.inputs["calibration_data"] and block.label == "safety/calib"
+    assert calib_eval.params["suite"] == "jailbreak" and record["path"][0]["evals"] == [calib_eval.id]
     n_evals, n_merged = len(reg.list("eval")), len(reg.list("merged"))
     (again,) = calibrate(reg, cfg)  # every probe a cache hit: the same artifact, nothing new
     assert again.artifact.id == art.id and len(reg.list("eval")) == n_evals and len(reg.list("merged")) == n_merged
@@ -143,6 +203,38 @@ def test_calibrated_merge_records_its_path_and_is_reused(reg, tiny_base, tmp_pat
     rec = miss.artifact.params["calibration"]
     assert not miss.search.reached and not rec["reached"] and [p["w"] for p in rec["path"]] == [1.0]
     assert miss.artifact.params["w"] == 1.0 and "not reached at w <= 1" in miss.search.describe()
+
+
+def test_calibration_probes_read_blocks_until_the_interval_decides(reg, tiny_base, tmp_path, eval_settings):
+    """40 calibration prompts = blocks of 16, 16, 8 (seeded, the same for every probe, bare and wrapped rows of a
+    request kept together by the draw): a judge that calls nearly every response a refusal decides the target
+    0.5 after one block; at a confidence so high that the interval never excludes 0.5 every block is read and
+    k/n >= 0.5 decides; nothing refuses: one block, not reached."""
+    u, s = make_adapter(reg, tiny_base, "utility", rank=2, seed=0), make_adapter(reg, tiny_base, "safety", rank=2, seed=1)
+    every = phrase_judge(tmp_path, "every.txt", string.printable.strip())
+    never = phrase_judge(tmp_path, "never.txt", ["\u2603 no such text \u2603"])
+    ta = METHODS["ta"].make_config(u.id, s.id)
+    ev = {**vars(eval_settings), "samples": 40}
+
+    def run(judge, target, **kw):
+        (cal,) = calibrate(reg, CalibrateConfig("ta", ta, eval=EvalConfig(**{**ev, "judge": judge}), target=target,
+                                                max_evals=1, **kw))
+        return cal.artifact.params["calibration"]["path"][0]
+
+    first = run(every, 0.5)
+    lo, hi = interval(round(first["refusal"] * BLOCK), BLOCK)
+    assert first["n"] == BLOCK and len(first["evals"]) == 1 and lo >= 0.5
+    full = run(every, 0.5, confidence=1 - 1e-9)
+    blocks = [reg.get(reg.get(e).inputs["data"]) for e in full["evals"]]
+    assert full["n"] == 40 and [b.params["n"] for b in blocks] == [16, 16, 8]
+    assert full["evals"][0] == first["evals"][0]  # the same first block: its eval a cache hit
+    refused = sum(round(reg.get(e).metrics["jailbreak.refusal_rate"] * b.params["n"])
+                  for e, b in zip(full["evals"], blocks))
+    assert full["refusal"] == pytest.approx(refused / 40) and full["refusal"] >= 0.5
+    rows = [r["prompt"] for b in blocks for r in load_rows(b)]
+    assert len(rows) == 40 and all(b.label == "safety/calib" for b in blocks)
+    none = run(never, 0.9)
+    assert none["n"] == BLOCK and none["refusal"] == 0.0
 
 
 def test_calibrate_cli(reg, tiny_base, tmp_path):

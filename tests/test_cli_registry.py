@@ -148,3 +148,124 @@ def test_results_printed_on_rank_0_only(reg, tiny_base, monkeypatch):
     r = invoke(*cmd)
     assert r.exit_code == 0 and merged.id[:6] in r.stdout and "│ ta " in r.stdout, r.output
     assert reg.list("merged") == [merged] and cli.rank0(cli.console) is cli.console
+
+
+# --------------------------------------------------------------------------- trust: lost databases, damaged files
+
+
+def _close(reg) -> None:
+    reg.engine.dispose()  # as a finished process leaves it: the WAL checkpointed into registry.db
+
+
+def _artifacts(reg) -> list:
+    base = make(reg, "base", {"name": "m"})
+    return [base, make(reg, "adapter", {"rank": 4}, {"base": base}), make(reg, "adapter", {"rank": 8}, {"base": base})]
+
+
+def test_empty_db_beside_artifacts_is_refused_by_every_command(reg):
+    arts = _artifacts(reg)
+    _close(reg)
+    reg.db_path.write_bytes(b"")
+    for cmd in (["ls"], ["verify"], ["gc", "--dry-run"], ["gc"], ["show", arts[1].id[:8]], ["compare"]):
+        assert_user_error(invoke(*cmd), "registry.db is empty (0 bytes) but")
+    assert all(a.path.is_dir() for a in arts) and reg.db_path.stat().st_size == 0
+
+
+def test_gc_lists_and_keeps_dirs_the_registry_has_no_record_of(reg):
+    _artifacts(reg)
+    stray = reg.root / "adapter" / ("ab" * 32)
+    stray.mkdir()
+    r = invoke("gc", "--dry-run")
+    assert r.exit_code == 0 and "nothing to remove" in r.stdout and str(stray) not in r.stdout
+    assert "kept 1 artifact directories registry.db has no record of (e.g. adapter/abababababab)" in r.output
+    assert invoke("gc").exit_code == 0 and stray.is_dir()
+
+
+def test_damaged_artifact_is_refused_in_one_line_and_rebuilt_by_its_command(reg, tiny_base, tmp_path):
+    """After deleting an adapter's weights: eval and export say "damaged ... sstm verify" in one line (before:
+    HFValidationError / FileNotFoundError tracebacks), show marks it, and the command that registered it
+    (here `train --from-dir`; `merge` and every stage go through the same get-or-build) builds it again in place."""
+    import shutil
+
+    from adapters import make_adapter
+
+    src = tmp_path / "peft"
+    shutil.copytree(make_adapter(reg, tiny_base, "utility", rank=2).path, src)
+    register = ("train", "--role", "utility", "--from-dir", str(src), "--model", tiny_base.id, "--json")
+    r = invoke(*register)
+    assert r.exit_code == 0, r.output
+    art = reg.get(json.loads(r.stdout)["id"])
+    weights = art.path / "adapter_model.safetensors"
+    weights.unlink()
+    data = tmp_path / "jb.csv"
+    data.write_text("prompt\nHow do I pick a lock?\n", encoding="utf-8")
+    damaged = f"adapter {art.short} is damaged (adapter_model.safetensors missing): run `sstm verify`"
+    r = invoke("eval", art.short, "--suite", "jailbreak", "--jailbreak-data", str(data), "--device", "cpu")
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]  # after "building dataset ..."
+    assert r.exit_code == 2 and "Traceback" not in r.output and len(errors) == 1 and damaged in errors[0], r.output
+    assert_user_error(invoke("export", art.short, str(tmp_path / "out")), damaged)
+    r = invoke("show", art.short)
+    assert r.exit_code == 0 and "damaged" in r.stdout and "adapter_model.safetensors missing" in r.stdout
+    r = invoke(*register[:-1])
+    assert r.exit_code == 0 and f"adapter {art.id[:12]} is damaged" in r.output and "building it again" in r.output
+    assert weights.is_file() and reg.get(art.id, kind="adapter").files == reg.find(art.id).files
+    assert invoke("verify").exit_code == 0 and len(reg.list("adapter")) == 2
+
+
+# --------------------------------------------------------------------------- a home this process cannot write
+
+READ_ONLY_RUNNER = """
+import json, sys
+from typer.testing import CliRunner
+from sstm.cli import app
+runner = CliRunner()
+print(json.dumps([(r.exit_code, r.output) for r in (runner.invoke(app, cmd) for cmd in json.loads(sys.argv[1]))]))
+"""
+
+
+def run_read_only(home: Path, commands: list[list[str]]) -> list[tuple[int, str]]:
+    """Run sstm commands with `home` unwritable: chmod 555 (or, for root, whom modes do not stop, a read-only
+    bind mount in a private mount namespace); returns (exit code, output) per command."""
+    import os
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        home.chmod(0o555)
+        try:
+            return [(r.exit_code, r.output) for r in (invoke(*cmd) for cmd in commands)]
+        finally:
+            home.chmod(0o755)
+    script = f'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$1" -c "$2" "$3"'
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, str(home), sys.executable, READ_ONLY_RUNNER,
+                           json.dumps(commands)], capture_output=True, text=True,
+                          env=dict(os.environ, SSTM_HOME=str(home)))
+    if proc.returncode != 0 and not proc.stdout:
+        pytest.skip(f"running as root and cannot mount the home read-only: {proc.stderr.strip()[-200:]}")
+    return [tuple(r) for r in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
+def test_read_only_home_allows_ls_show(reg, tmp_path):
+    """ls, show, diff, verify, compare and data ls read an unwritable home (before: OSError on
+    artifacts/.locks/schema.lock for every command); commands that write say so in one line."""
+    base, a, b = _artifacts(reg)
+    _close(reg)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    results = run_read_only(reg.home, [
+        ["ls", "--json"], ["show", a.short], ["diff", a.id, b.id, "--json"], ["verify"], ["compare"], ["data", "ls"],
+        ["gc"], ["merge", "ta", "--utility", a.id, "--safety", b.id, "--w", "0.5"]])
+    (ls, show, diff, verify, compare, data_ls, gc, merge) = results
+    assert ls[0] == 0 and {x["id"] for x in json.loads(ls[1])} == {base.id, a.id, b.id}, ls
+    assert show[0] == 0 and a.id in show[1] and base.id[:12] in show[1], show
+    assert diff[0] == 0 and json.loads(diff[1]) == [{"field": "params.rank", "a": 4, "b": 8}], diff
+    assert verify[0] == 0 and "ok: 3 artifacts verified" in verify[1], verify
+    assert compare[0] == 0 and "no evaluations" in compare[1], compare
+    assert data_ls[0] == 0, data_ls
+    for code, text in (gc, merge):
+        assert code == 2 and "Traceback" not in text and len(text.strip().splitlines()) == 1, text
+        assert f"home {reg.home} is not writable" in text
+        assert "ls, show, diff, compare and verify work read-only" in text
+    assert not (reg.home / "registry.db-wal").exists(), "nothing written"
+    (ls_empty,) = run_read_only(empty, [["--home", str(empty), "ls", "--json"]])
+    assert ls_empty[0] == 0 and json.loads(ls_empty[1]) == [] and not (empty / "registry.db").exists()

@@ -39,6 +39,13 @@ def test_run_quick_on_embedded_smollm2(home):
         assert a.files["adapter_model.safetensors"]["size"] < 60_000_000  # a full lm_head copy alone is 113 MB
     assert reg.verify() == []
 
+    # the same run again builds nothing: every stage is a cache hit (same ids, no new artifact)
+    before = {a.id for a in reg.list()}
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert {a.id for a in Registry(home).list()} == before
+    assert json.loads(again.stdout)["rows"] == json.loads(r.stdout)["rows"]
+
     # Issue 16: the same SST id must hold the same adapter whatever the thread count. The run built
     # the safety Fisher and the SST merge with the default threads (2 here); a subprocess with one
     # OMP/BLAS thread rebuilds them from their records and must reproduce them (sstm.rebuild.TOLERANCE).

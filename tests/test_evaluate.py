@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -403,8 +404,8 @@ def test_eval_artifact_format_and_cache_hit(reg, tiny_base, monkeypatch):
     jb, rq, bn = arts
     assert set(jb.metrics) == {"jailbreak.refusal_rate"} and set(bn.metrics) == {"overrefusal.refusal_rate"}
     assert jb.params["judge"] == "opening-v1" and jb.params["judge_sha256"] == judge.sha256
-    assert jb.params["max_context_tokens"] is None and rq.params["judge"] is None
-    assert rq.params["max_context_tokens"] == 16
+    assert rq.params["judge"] is None
+    assert rq.params["max_context_tokens"] == jb.params["max_context_tokens"] == 16  # every suite's prompt budget
     for s in _samples(jb):
         assert s["refused"] == judge.refused(s["response"]) and s["score"] == float(s["refused"])
     assert jb.metrics["jailbreak.refusal_rate"] == pytest.approx(sum(s["score"] for s in _samples(jb)) / 6)
@@ -422,10 +423,13 @@ def test_eval_artifact_format_and_cache_hit(reg, tiny_base, monkeypatch):
     again = evaluate(reg, cfg)
     assert [a.id for a in again] == [a.id for a in arts]
     monkeypatch.undo()
-    # a different setting is a different eval; a setting the suite does not use is not
+    # a different setting is a different eval (the prompt budget: every suite's); a setting the suite does not use
+    # (the judge: repliqa's) is not
     jb2, rq2 = evaluate(reg, EvalConfig(model=tiny_base.id, suites=("jailbreak", "repliqa"), batch_size=4,
                                         max_new_tokens=8, max_context_tokens=32, data=dict(data), device="cpu"))
-    assert jb2.id == jb.id and rq2.id != rq.id
+    assert jb2.id != jb.id and rq2.id != rq.id
+    jb3, rq3 = evaluate(reg, replace(cfg, suites=("jailbreak", "repliqa"), judge="gcg"))
+    assert jb3.id != jb.id and rq3.id == rq.id
 
 
 def test_refusal_suites_generate_at_most_the_judged_budget(reg, tiny_base, monkeypatch):

@@ -22,12 +22,13 @@ import pytest
 from typer.testing import CliRunner
 
 from adapters import make_adapter
-from sstm.cli import GRACE_S, app
+from sstm.cli import app
 from sstm.registry import TMP_PREFIX, Registry
+from sstm.ui import GRACE_S
 
 CHILD = """
 import os, signal, sys
-import sstm.registry as r
+import sstm.registry.store as r
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -35,16 +36,16 @@ def die():
 KIND, AT = os.environ.get("KILL_KIND"), os.environ.get("KILL_AT")
 _build = r.Registry._build
 
-def build(self, kind, aid, params, input_ids, code, fn, *rest):
+def build(self, kind, aid, params, input_ids, code, fn, *rest, **kw):
     if kind == KIND and AT == "build":
         def fn(out):
             (out / "part.bin").write_bytes(b"half")
             die()
     elif kind == KIND and AT == "written":
-        r._hash_tree = lambda root: die()
+        r.hash_tree = lambda root: die()
     elif kind == KIND and AT == "moved":
         r.provenance = lambda seed=None: die()
-    return _build(self, kind, aid, params, input_ids, code, fn, *rest)
+    return _build(self, kind, aid, params, input_ids, code, fn, *rest, **kw)
 
 r.Registry._build = build
 exec(os.environ.get("CHILD_PATCH", ""))
@@ -165,7 +166,7 @@ def test_sigterm_during_training_ends_promptly(reg, tiny_model_dir, tmp_path, st
     took = time.time() - t0
     if step == "interruptible":  # the KeyboardInterrupt path cleans up (on a loaded machine the hard exit
         # may still end the interpreter's shutdown after it: 143)
-        assert proc.returncode in (130, 143) and "interrupted: nothing half-written" in err, err[-2000:]
+        assert proc.returncode in (130, 143) and "interrupted (SIGTERM): nothing half-written" in err, err[-2000:]
     else:
         assert proc.returncode == 128 + signal.SIGTERM and "SIGTERM: stopped inside a long computation" in err
         assert GRACE_S <= took < GRACE_S + 5
@@ -173,3 +174,32 @@ def test_sigterm_during_training_ends_promptly(reg, tiny_model_dir, tmp_path, st
     expected = {d for d in leftovers(reg) if d.parent.name == "adapter"}
     assert len(expected) == (step == "blocked")  # the hard exit leaves its temp dir to gc
     check_clean_after(reg, expected)
+
+
+# The command's main thread sleeps in a registry read (interruptible), as a stage between two C calls does.
+SLOW_LS = """
+import pathlib, time
+from sstm.registry import Registry
+def slow_list(self, kind=None):
+    pathlib.Path(os.environ["STEP_FLAG"]).touch()
+    time.sleep(60)
+Registry.list = slow_list
+"""
+
+
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "interrupted: nothing half-written"),
+                                                (signal.SIGTERM, 143, "interrupted (SIGTERM): nothing half-written")])
+def test_signal_exit_codes_ctrl_c_130_sigterm_143(reg, tmp_path, signum, code, said):
+    """128 + the signal, as the README says and a shell reports: Ctrl-C 130, SIGTERM 143 (SIGTERM used to exit 130),
+    on the path where the main thread unwinds and cleans up, well before the grace watcher's hard exit."""
+    flag = tmp_path / "listing"
+    proc = spawn(reg.home, ["ls"], CHILD_PATCH=SLOW_LS, STEP_FLAG=str(flag))
+    deadline = time.time() + 60
+    while not flag.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert flag.exists(), proc.communicate()[1][-2000:]
+    t0 = time.time()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=GRACE_S + 15)
+    assert proc.returncode == code and said in err and "stopped inside a long computation" not in err, err[-2000:]
+    assert time.time() - t0 < GRACE_S

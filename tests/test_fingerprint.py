@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 import sstm.registry as registry
+import sstm.registry.ids as ids
 from sstm.errors import SSTMError
 from sstm.registry import PACKAGE_DIR, code_fingerprint, import_closure
 
@@ -97,11 +98,50 @@ def test_import_closure_parses_every_import_form(tmp_path):
         code_fingerprint("sstm.nope", root)
 
 
+PACKAGES = {  # packages as the closure meets them: an __init__ that re-exports, submodules, an excluded package
+    "__init__.py": "",
+    "registry/__init__.py": "from sstm.registry.store import Store\nimport torch\n",
+    "registry/store.py": "from sstm.registry.files import h\nclass Store: ...\n",
+    "registry/files.py": "import peft\n",
+    "merge/__init__.py": "from sstm.merge.methods import METHODS\n",
+    "merge/methods.py": "from . import ta, sst\nMETHODS = {}\n",
+    "merge/ta.py": "from .point import build\n",
+    "merge/sst/__init__.py": "from .config import SSTConfig\nfrom .gevp import solve\n",
+    "merge/sst/config.py": "from ...registry.files import h\n",
+    "merge/sst/gevp.py": "from ..point import build\nimport scipy.linalg\n",
+    "merge/point.py": "import torch\n",
+    "merge/unused.py": "X = 1\n",
+    "stage.py": "from sstm.merge import METHODS\nfrom sstm.registry import Store\nfrom sstm import registry\n",
+}
+
+
+def test_import_closure_of_packages_and_submodules(tmp_path):
+    """`from sstm.merge import METHODS` runs the package's __init__, which runs its submodules (and a
+    subpackage's __init__ with its relative imports, two levels up included); the registry package and all
+    its submodules are excluded, however they are imported; a module of a package nobody imports is not in."""
+    root = write_package(tmp_path / "sstm", PACKAGES)
+    modules, libraries = import_closure("sstm.stage", root)
+    assert modules == {"sstm.stage", "sstm.merge", "sstm.merge.methods", "sstm.merge.ta", "sstm.merge.sst",
+                       "sstm.merge.sst.config", "sstm.merge.sst.gevp", "sstm.merge.point"}
+    assert {"torch", "scipy"} <= libraries and "peft" not in libraries, "the registry's imports are not followed"
+    fp = code_fingerprint("sstm.stage", root)
+    for rel, counts in (("merge/sst/gevp.py", True), ("merge/sst/__init__.py", True), ("merge/unused.py", False),
+                        ("registry/files.py", False), ("registry/__init__.py", False)):
+        (root / rel).write_text((root / rel).read_text() + "# edited\n")
+        code_fingerprint.cache_clear()
+        assert (code_fingerprint("sstm.stage", root) != fp) == counts, rel
+        fp = code_fingerprint("sstm.stage", root)
+    # the real package: no stage hashes a module of sstm.registry (its split changed no id)
+    real = {m for module in stage_modules().values() for m in import_closure(module)[0]}
+    assert not {m for m in real if m.split(".")[:2] == ["sstm", "registry"]}
+    assert {"sstm.models", "sstm.adapters"} <= real
+
+
 def test_library_major_minor_versions_are_part_of_the_id(tmp_path, monkeypatch):
     root = write_package(tmp_path / "sstm", PACKAGE)
     fp = code_fingerprint("sstm.sub.stage", root)
     code_fingerprint.cache_clear()
-    monkeypatch.setattr(registry, "major_minor", lambda lib: "99.1")
+    monkeypatch.setattr(ids, "major_minor", lambda lib: "99.1")
     assert code_fingerprint("sstm.sub.stage", root) == fp.split(" ")[0] + " torch-99.1"
     code_fingerprint.cache_clear()
     assert registry.artifact_id("fisher", {}, {}, fp) != registry.artifact_id("fisher", {}, {}, fp + "x")

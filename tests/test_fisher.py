@@ -143,7 +143,7 @@ def test_fisher_config_validates_itself(change, message):
         dataclasses.replace(FisherConfig(adapter="ab", role="utility", basis="cd", samples=2), **change)
 
 
-@pytest.mark.parametrize("change, message", [({"basis": None}, "--basis"), ({"data": "ffffffffffff"}, "no artifact")])
+@pytest.mark.parametrize("change, message", [({"basis": None}, "--basis"), ({"data": "ffffffffffff"}, "no such file, directory or dataset artifact")])
 def test_fisher_bad_config(reg, pair, change, message):
     u, s = pair
     cfg = dataclasses.replace(FisherConfig(adapter=u.id, role="utility", basis=s.id, samples=2), **change)

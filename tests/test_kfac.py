@@ -16,7 +16,11 @@ from sstm.cli import app
 from sstm.errors import SSTMError
 from sstm.fisher import STRUCTURES, FisherConfig, core_basis, fisher, load_fisher
 from sstm.merge.kfac import Kron, solve_kron_gevp
-from sstm.merge.sst import SSTConfig, separated_k, sst_merge
+from sstm.merge import METHODS
+from sstm.merge.gevp import separated_k
+from sstm.merge.methods.sst import SSTConfig
+
+sst_merge = METHODS["sst"].merge
 from sstm.models import load_with_adapter
 
 R = 4

@@ -13,12 +13,14 @@ import sstm.fisher
 from sstm.cli import app
 from sstm.errors import SSTMError
 from sstm.fisher import core_basis, load_fisher
-from sstm.merge import METHODS
-from sstm.merge.baselines import BaselineConfig, baseline_merge
+from sstm.merge import METHODS, get_method
 from sstm.adapters import module_type, read_lora
-from sstm.merge.sst import DEFAULT_LAYER_WEIGHTS, SSTConfig, load_layer_weights, projector, solve_gevp, sst_merge
+from sstm.merge.gevp import projector, solve_gevp
+from sstm.merge.layer_weights import DEFAULT_LAYER_WEIGHTS, load_layer_weights
+from sstm.merge.methods.sst import SSTConfig
 from sstm.models import load_with_adapter
 
+sst_merge = METHODS["sst"].merge
 R = 4  # rank of both test adapters: r² = 16 core dimensions
 FAST = dict(samples=5, batch_size=3, max_len=256, dtype="float64")
 EIGH = scipy.linalg.eigh  # unpatched, for the test's own reference computations
@@ -109,7 +111,7 @@ def test_sst_sweep_exact_and_fishers_once(reg, tiny_base, pair, counters):
     for art in arts:
         k, w = art.params["k"], art.params["w"]
         assert art.params["method"] == "sst" and art.params["rank"] == 2 * R and art.params["samples"] == 5
-        assert art.params["fisher_samples_used"] == {"utility": 5, "safety": 5}
+        assert art.params["samples_used"] == {"utility": 5, "safety": 5}
         assert set(art.inputs) == {"base", "utility", "safety", "fisher_utility", "fisher_safety"}
         assert art.inputs["base"] == tiny_base.id
         diag = json.loads((art.path / "diagnostics.json").read_text())
@@ -185,12 +187,13 @@ def test_bad_layer_weights(tmp_path, text, message):
     (dict(method="ties", params={"majority_sign_method": "max"}), "total or frequency"),
     (dict(method="ties", seed=3), "deterministic"),
     (dict(method="ties", w=-0.5), "must be >= 0"),
-    (dict(method="magic"), "unknown merge method"),
+    (dict(method="magic"), "magic is not registered"),
 ])
 def test_baseline_bad_config(reg, pair, cfg, message):
     u, s = pair
     with pytest.raises(SSTMError, match=message):
-        baseline_merge(reg, BaselineConfig(utility=u.id, safety=s.id, **cfg))
+        method = get_method(cfg.pop("method"))
+        method.merge(reg, method.make_config(u.id, s.id, **cfg.pop("params", {}), **cfg))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -201,7 +204,7 @@ def test_merge_cli(reg, pair):
     runner = CliRunner()
     res = runner.invoke(app, ["merge", "--help"])
     assert res.exit_code == 0 and all(name in res.output for name in ["sst", *METHODS])
-    res = runner.invoke(app, ["merge", "sst", "--utility", u.short, "--safety", s.short, "--k", "2,16", "--w", "0.5",
+    res = runner.invoke(app, ["merge", "sst", "--utility", u.short, "--safety", s.short, "--k", "2,3", "--w", "0.5",
                               "--samples", "3", "--max-len", "256"])
     assert res.exit_code == 0, res.output
     assert len(reg.list("merged")) == 2 and len(reg.list("fisher")) == 2

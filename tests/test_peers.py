@@ -16,10 +16,10 @@ from sstm.cli import app
 from sstm.data import load_rows, sample_indices
 from sstm.errors import SSTMError
 from sstm.merge import METHODS
-from sstm.merge.baselines import module_seed
 from sstm.merge.layer_weights import DEFAULT_LAYER_WEIGHTS
-from sstm.merge.regmean import regmean_factors, shrink
-from sstm.merge.safe_lora import Alignment, gate, similarity
+from sstm.merge.methods.regmean import regmean_factors, shrink
+from sstm.merge.methods.safe_lora import Alignment, gate, similarity
+from sstm.merge.param import module_seed
 from sstm.models import base_of, load_base, load_with_adapter
 from sstm.pipeline import RunConfig
 from sstm.presets import QUICK, STANDARD

@@ -152,7 +152,9 @@ def test_standard_plan_runs_sst_controls_at_the_first_k_and_quick_does_not():
     from dataclasses import replace
 
     from sstm.pipeline import RunConfig
-    from sstm.presets import CONTROLS
+    from sstm.merge import METHODS
+
+    CONTROLS = METHODS["sst"].controls
 
     plan = RunConfig().plan
     sst = [c for m, c in plan.merges if m.name == "sst"]

@@ -136,12 +136,17 @@ def test_sigkill_mid_build_leaves_nothing_registered_and_gc_cleans(reg, tmp_path
     assert reg.find(art.id) is not None
 
 
-def test_gc_removes_unregistered_dir_but_keeps_artifacts(reg):
+def test_gc_removes_pending_leftover_but_never_an_unknown_dir(reg):
+    """An unregistered dir is a crashed build's only if the database left it pending; gc keeps any other."""
     art = reg.get_or_build("dataset", {"n": 1}, {}, "c", write_file())
-    stray = reg.root / "dataset" / ("f" * 64)
-    stray.mkdir()
-    assert reg.gc() == [stray]
-    assert art.path.exists() and not stray.exists()
+    crashed, unknown = reg.root / "dataset" / ("f" * 64), reg.root / "dataset" / ("e" * 64)
+    reg._mark_pending(crashed.name, "dataset")  # what _build records before its os.replace
+    crashed.mkdir()
+    unknown.mkdir()
+    assert reg.gc(dry_run=True) == [crashed] and reg.unknown() == [unknown]
+    assert reg.gc() == [crashed]
+    assert art.path.exists() and not crashed.exists() and unknown.exists()
+    assert reg._pending() == {}, "gc drops the pending row of what it removed"
 
 
 def _worker(home: str, i: int, q) -> None:
@@ -242,6 +247,7 @@ def test_gc_keeps_locks_a_build_may_hold(reg):
     art = reg.get_or_build("dataset", {"n": 1}, {}, "c", write_file())
     stray_id = artifact_id("dataset", {"n": 2}, {}, "c")
     stray = reg.root / "dataset" / stray_id
+    reg._mark_pending(stray_id, "dataset")
     stray.mkdir()
     with reg._lock(stray_id):  # a build of that id is running
         assert reg.gc() == [] and stray.exists()
@@ -295,6 +301,7 @@ def _gc_loop(home: str, q) -> None:
             (reg.root / "dataset").mkdir(exist_ok=True)
             (reg.root / "dataset" / f".tmp-{aid}-{os.getpid()}-{it}").mkdir()
             if reg.find(aid) is None and not reg.path_for("dataset", aid).exists():
+                reg._mark_pending(aid, "dataset")
                 reg.path_for("dataset", aid).mkdir()
         reg.gc()
     q.put("done")
@@ -356,3 +363,139 @@ def test_write_whole_replaces_the_file_at_once_and_leaves_nothing_on_failure(tmp
     with pytest.raises(OSError, match="disk full"):
         write_whole(target, fails)
     assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+
+# --------------------------------------------------------------------------- trust: lost databases, damaged files
+
+
+def _close(reg: Registry) -> None:
+    """Close every connection (the WAL is checkpointed into registry.db and removed), as a finished process does."""
+    reg.engine.dispose()
+    for suffix in ("-wal", "-shm"):
+        assert not (reg.db_path.parent / f"registry.db{suffix}").exists()
+
+
+def _two_artifacts(reg: Registry) -> list:
+    base = reg.get_or_build("base", {"name": "m"}, {}, "c", write_file(), quiet=True)
+    return [base, reg.get_or_build("adapter", {"r": 4}, {"base": base}, "c", write_file(), quiet=True)]
+
+
+def _empty_rows(db: Path) -> None:
+    con = sqlite3.connect(db)
+    con.executescript("DELETE FROM metric; DELETE FROM edge; DELETE FROM artifact;")
+    con.close()
+
+
+@pytest.mark.parametrize("loss", ["0-byte", "missing", "no rows"])
+@pytest.mark.parametrize("writes", [True, False])
+def test_empty_db_beside_artifacts_is_refused(reg, loss, writes):
+    """A database that lost its records next to populated artifacts/ is refused, never read as an empty registry
+    (before: `ls` empty, `verify` "ok: 0 artifacts", `gc --dry-run` listing every directory)."""
+    arts = _two_artifacts(reg)
+    _close(reg)
+    if loss == "0-byte":
+        reg.db_path.write_bytes(b"")
+    elif loss == "missing":
+        reg.db_path.unlink()
+    else:
+        _empty_rows(reg.db_path)
+    with pytest.raises(SSTMError, match=r"but .*artifacts holds 2 artifact directories \(e.g. adapter/.*the database "
+                                        r"was lost or replaced.*Restore registry.db from a backup"):
+        Registry(reg.home, writes=writes)
+    assert all(a.path.is_dir() for a in arts)
+    if loss == "0-byte":
+        assert reg.db_path.stat().st_size == 0, "the refused database is left as it was"
+    if loss == "missing":
+        assert not reg.db_path.exists()
+
+
+def test_new_registry_beside_nothing_and_a_crashed_first_build_still_open(home):
+    (home / "registry.db").write_bytes(b"")  # 0 bytes, no artifacts: a new registry
+    reg = Registry(home)
+    aid = artifact_id("dataset", {"n": 1}, {}, "c")
+    reg._mark_pending(aid, "dataset")  # the first build died after moving its dir into place
+    reg.path_for("dataset", aid).mkdir(parents=True)
+    _close(reg)
+    reg = Registry(home)  # no record, but the one directory is its own pending build's
+    assert reg.list() == [] and reg.gc() == [reg.path_for("dataset", aid)]
+
+
+@pytest.mark.parametrize("damage", ["directory", "garbage"])
+def test_unreadable_db_beside_artifacts_is_refused(reg, damage):
+    _two_artifacts(reg)
+    _close(reg)
+    reg.db_path.unlink()
+    if damage == "directory":
+        reg.db_path.mkdir()
+    else:
+        reg.db_path.write_bytes(b"this is not sqlite at all" * 100)
+    what = "cannot be read" if damage == "directory" else "is not a valid SQLite database"
+    with pytest.raises(SSTMError, match=f"registry .*registry.db {what} .*; .*artifacts holds 2 artifact directories "
+                                        "that need its records: restore registry.db from a backup"):
+        Registry(reg.home)
+
+
+def test_gc_never_plans_deletes_on_unreadable_db(reg, tmp_path):
+    """A registry.db restored from an older copy does not know the newer artifacts: gc keeps (and names) them."""
+    old = _two_artifacts(reg)
+    _close(reg)
+    backup = tmp_path / "registry.db.bak"
+    backup.write_bytes(reg.db_path.read_bytes())
+    reg = Registry(reg.home)
+    newer = [reg.get_or_build("eval", {"i": i}, {"model": old[1]}, "c", write_file(), quiet=True) for i in range(3)]
+    _close(reg)
+    reg.db_path.write_bytes(backup.read_bytes())
+    reg = Registry(reg.home)
+    assert {a.id for a in reg.list()} == {a.id for a in old}
+    assert reg.gc(dry_run=True) == [] and reg.gc() == []
+    assert reg.unknown() == sorted(a.path for a in newer) and all(a.path.is_dir() for a in newer)
+
+
+def _damage(path: Path, how: str) -> None:
+    path.chmod(0o644)
+    if how == "missing":
+        path.unlink()
+    elif how == "size":
+        path.write_bytes(path.read_bytes() + b"x")  # one byte appended
+    else:  # same size, other bytes: the mtime changes, the hash tells
+        data = bytearray(path.read_bytes())
+        data[0] ^= 1
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["missing", "size", "same size, other bytes"])
+def test_cache_hit_with_missing_file_rebuilds(reg, how, capsys):
+    """A cache hit checks its files (stat; a changed mtime costs a hash): if damaged, it is built again in place."""
+    calls = []
+    art = reg.get_or_build("dataset", {"n": 7}, {}, "c", write_file(text="abcdef", counter=calls))
+    _damage(art.path / "x.txt", how)
+    assert [(f, p) for _, f, p in reg.verify()] == [("x.txt", "missing" if how == "missing" else "corrupt")]
+    again = reg.get_or_build("dataset", {"n": 7}, {}, "c", write_file(text="abcdef", counter=calls))
+    assert len(calls) == 2 and again.id == art.id and (art.path / "x.txt").read_text() == "abcdef"
+    assert "is damaged (x.txt" in capsys.readouterr().err and again.provenance["rebuilt"] is True
+    assert reg.verify() == [] and reg.damage(again) == [] and [a.id for a in reg.list()] == [art.id]
+    assert sorted(p.name for p in art.path.parent.iterdir()) == [art.id], "no temp or damaged copy left"
+    assert again.files == {"x.txt": {"sha256": hashlib.sha256(b"abcdef").hexdigest(), "size": 6}}, "mtimes kept apart"
+    assert stat.S_IMODE((art.path / "x.txt").stat().st_mode) == 0o444
+    reg.get_or_build("dataset", {"n": 7}, {}, "c", write_file(text="abcdef", counter=calls))
+    assert len(calls) == 2, "repaired: a cache hit again"
+
+
+def test_cache_hit_survives_a_copy_that_changed_mtimes(reg):
+    """A home copied without preserving mtimes (cp -r): the hash confirms the bytes, no rebuild."""
+    calls = []
+    art = reg.get_or_build("dataset", {"n": 8}, {}, "c", write_file(counter=calls))
+    os.utime(art.path / "x.txt", ns=(0, 10**9))
+    assert reg.damage(art) == []
+    assert reg.get_or_build("dataset", {"n": 8}, {}, "c", write_file(counter=calls)).id == art.id and len(calls) == 1
+
+
+def test_get_refuses_damaged_files_in_one_line(reg):
+    """What eval, export and the merges ask for (a typed get) must have its files; show / lineage / diff need not."""
+    art = reg.get_or_build("dataset", {"n": 9}, {}, "c", write_file())
+    _damage(art.path / "x.txt", "missing")
+    with pytest.raises(SSTMError, match=rf"dataset {art.short} is damaged \(x.txt missing\): run `sstm verify`"):
+        reg.get(art.short, kind="dataset")
+    with pytest.raises(SSTMError, match="damaged"):
+        reg.check_files(art)
+    assert reg.get(art.short).id == art.id and reg.get(art.id, kind="dataset", check=False).id == art.id

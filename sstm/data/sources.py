@@ -19,6 +19,7 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 from sstm.errors import SSTMError
+from sstm.registry import sha256_file
 
 EVAL_FRACTION = 0.2
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
@@ -43,8 +44,6 @@ def short_hash(text: str, n: int = 12) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    from sstm.registry import sha256_file
-
     return sha256_file(path)
 
 

@@ -35,7 +35,9 @@ GENERATOR = "repliqa-style-v1"
 UNANSWERABLE = "The answer is not found in the document."
 QUESTIONS_PER_DOC = 5
 UNANSWERABLE_RATE = 0.2
-DEFAULT_N = {"train": 1000, "eval": 200}
+# "calib": the calibration part `sstm search` tunes on (ROUGE-L); its documents come from a random stream of
+# their own, so no calibration document is a test ("eval") document (tests/test_search.py checks it).
+DEFAULT_N = {"train": 1000, "calib": 100, "eval": 200}
 REPLIQA_COLUMNS = ["document_extracted", "question", "answer"]
 
 # --------------------------------------------------------------------------- name material
@@ -422,8 +424,13 @@ def _repliqa_rows(records: list[dict], origin: str) -> list[dict]:
 
 
 def utility_rows(split: str, source: str | None = None, n: int | None = None, seed: int = 0) -> tuple[list[dict], dict]:
-    """(rows, source record) of the utility split; see the module docstring for the sources."""
-    check_split(split)
+    """(rows, source record) of the utility split ('train', 'eval' = test, or 'calib': embedded data only);
+    see the module docstring for the sources."""
+    if split == "calib":
+        if source is not None:
+            raise SSTMError(f"split 'calib': only the embedded utility data has a calibration part (not {source})")
+    else:
+        check_split(split)
     check_n(n)
     if source is None:
         count = n or DEFAULT_N[split]

@@ -27,7 +27,7 @@ class EvalConfig:
     batch_size: int = 64
     max_new_tokens: int = 128
     judge: str = DEFAULT_JUDGE  # built-in judge name (judge.BUILTIN), hf:MODEL or a file of refusal phrases
-    max_context_tokens: int | None = 1024  # budget for repliqa documents and default jailbreak templates
+    max_context_tokens: int | None = 1024  # budget of every prompt, repliqa documents, default jailbreak templates
     # suite -> a file, a `dataset` artifact or its id (entries of suites not evaluated are ignored)
     data: dict[str, str | Artifact] = field(default_factory=dict)
     base_model: str | None = None  # base model of a PEFT directory (default: the embedded SmolLM2)
@@ -38,7 +38,7 @@ class EvalConfig:
     sample_seed: int = 0  # which rows `samples` draws
 
     def __post_init__(self) -> None:
-        from sstm.models import dtype_name  # torch: loaded when a config is made, not for `sstm --help`
+        from sstm.models import dtype_name  # lazy: torch stays out of CLI start-up (loaded when a config is made)
 
         self.suites = tuple(s.name for s in get_suites(self.suites))
         for flag, value in (("--samples", self.samples), ("--batch-size", self.batch_size),

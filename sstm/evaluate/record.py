@@ -12,7 +12,9 @@ with the metric names the suite declares (``jailbreak.refusal_rate``, ...; see
 in the dataset), ``prompt``, ``response``, ``reference``, ``score`` (a float in [0, 1];
 every metric is the mean of its samples' scores) and ``refused`` (bool, or null where
 the refusal judge does not apply), plus suite fields (``answerable``, ``new_tokens``,
-...). Empty for an unavailable suite.
+``stop``: why generation stopped -- ``end of turn``, ``max_new_tokens`` or ``verdict decided`` (early
+exit: the response is what was generated up to where its verdict could no longer change), ...).
+Empty for an unavailable suite.
 
 A registered eval whose file is missing or not valid JSON is an error naming the
 artifact (never read as "ok").

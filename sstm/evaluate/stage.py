@@ -4,8 +4,10 @@ Inputs: ``model`` (the evaluated base/adapter/merged artifact), ``base`` (its ba
 model) and ``data`` (the dataset; absent when the suite's data is unavailable).
 Params: suite, samples (rows actually used), sample_seed, batch_size,
 max_new_tokens (the suite's budget, ``Suite.new_tokens``: refusal suites are capped),
-judge, judge_sha256, max_context_tokens, dtype, autocast (bf16 mixed precision on a GPU,
-:func:`sstm.models.autocast_dtype`), fold_lora (the LoRA of an
+judge, judge_sha256, early_exit (refusal rows stop once the verdict is decided,
+:mod:`sstm.evaluate.suites`), max_context_tokens (every suite's prompt budget, and repliqa's
+document budget: :mod:`sstm.evaluate.data`), dtype, autocast (bf16 mixed precision
+on a GPU, :func:`sstm.models.autocast_dtype`), fold_lora (the LoRA of an
 adapter/merge folded into the weights, :func:`fold_lora`) -- settings that do not
 apply to a suite or model are None, so changing them does not invalidate it.
 Files: the eval record (``metrics.json``, ``samples.jsonl``), see
@@ -30,13 +32,13 @@ from sstm.adapters import register_adapter_dir
 from sstm.errors import SSTMError
 from sstm.evaluate import record
 from sstm.evaluate.config import EvalConfig
-from sstm.evaluate.data import DataContext, given_dataset
+from sstm.evaluate.data import DataContext, describe_cut, fit_rows, given_dataset, prompt_budget
 from sstm.evaluate.judge import RefusalJudge, load_judge
-from sstm.evaluate.suites import Settings, Suite, get_suites
+from sstm.evaluate.suites import SUITES, Settings, Suite, get_suites
 from sstm.models import (EMBEDDED, autocast, autocast_dtype, base_of, dtype_name, load_with_adapter, own_weights,
                          pick_device, resolve_base)
 from sstm.registry import Artifact, Registry, code_fingerprint
-from sstm.ui import info, progress
+from sstm.ui import info, progress, warn
 
 
 
@@ -133,7 +135,8 @@ def _params(suite: Suite, cfg: EvalConfig, target: Target, judge: RefusalJudge, 
         "max_new_tokens": suite.new_tokens(cfg.max_new_tokens),
         "judge": judge.name if suite.judged else None,
         "judge_sha256": judge.sha256 if suite.judged else None,
-        "max_context_tokens": cfg.max_context_tokens if suite.uses_context else None,
+        "early_exit": judge.decides_early if suite.judged else None,  # rows stop once their verdict is decided
+        "max_context_tokens": cfg.max_context_tokens,  # every suite's prompt budget (sstm.evaluate.data)
         "dtype": dtype_name(cfg.dtype),
         "autocast": autocast_dtype(pick_device(cfg.device), cfg.dtype),
         "fold_lora": _folds(target, cfg),
@@ -183,11 +186,18 @@ def _evaluate_suite(reg, suite: Suite, cfg: EvalConfig, target: Target, judge, s
 
     def build(out: Path) -> dict[str, float]:  # each rank scores its shard of the rows (sstm.distributed)
         model, tok = load()
-        mine, s = distributed.shard(rows), settings.of(suite)
+        s = settings.of(suite)
+        budget = prompt_budget(cfg.max_context_tokens, getattr(model, "config", None),
+                               suite.new_tokens(cfg.max_new_tokens))
+        fitted, cut = fit_rows(tok, rows, budget)
+        if cut:
+            warn(describe_cut(suite.name, rows, cut, budget))
+        mine = distributed.shard(fitted)
         with progress(f"eval {suite.name}", total=len(mine), unit="samples") as advance, \
                 autocast(pick_device(cfg.device), cfg.dtype):
             samples = distributed.gather(suite.records(model, tok, mine, s, advance))
         metrics, stats = suite.summarize(samples, s)
+        stats |= {"prompt_budget": budget, "prompts_cut": cut} if cut else {}
         record.write(out, record.Summary(suite.name, "ok", n=len(samples), metrics=metrics, stats=stats), samples)
         return metrics
 
@@ -195,12 +205,22 @@ def _evaluate_suite(reg, suite: Suite, cfg: EvalConfig, target: Target, judge, s
                                     code, build, label=label)
 
 
+def metric_counts(art: Artifact, summary: record.Summary) -> dict[str, int]:
+    """n of each metric of an ok eval: the samples it averages (a subset's, e.g. the wrapped requests, for
+    some; :meth:`sstm.evaluate.suites.Metric.scores`), read from its samples.jsonl."""
+    suite = SUITES.get(summary.suite)
+    if summary.status != "ok" or suite is None:
+        return {}
+    samples = record.read_samples(art)
+    return {m.name: len(m.scores(samples)) for m in suite.metrics if m.name in summary.metrics}
+
+
 def result_rows(arts: list[Artifact]) -> list[dict]:
-    """(suite, status, metrics / reason, n, id) of eval artifacts, for printing."""
+    """(suite, status, metrics / reason, n, n per metric, id) of eval artifacts, for printing."""
     out = []
     for a in arts:
         summary = record.read_summary(a)
         out.append({"id": a.id, "suite": summary.suite, "status": summary.status, "reason": summary.reason,
-                    "n": summary.n, "metrics": dict(a.metrics), "model": a.inputs.get("model"),
-                    "data": a.inputs.get("data")})
+                    "n": summary.n, "metrics": dict(a.metrics), "n_metrics": metric_counts(a, summary),
+                    "model": a.inputs.get("model"), "data": a.inputs.get("data")})
     return out

@@ -24,6 +24,13 @@ generation prompt; the prediction is argmax over the letters ``A``..``D`` (no
 leading space: they are the first token of the assistant's turn) of
 log p(letter | prompt).
 
+Early exit: a refusal row stops decoding as soon as the judge's verdict on it can no longer change
+(:meth:`RefusalJudge.decided`: a refusal phrase inside ``opening-v1``'s window, or the window full; a
+phrase for the substring judges; ``hf:`` judges decode the whole budget), so its verdict is the
+full-budget verdict and its response a prefix of the full-budget response; the record's ``stop`` says
+why each row stopped (``verdict decided``, ``end of turn``, ``max_new_tokens``). ROUGE-L rows stop at
+the end of turn or the budget only.
+
 The suite functions import the model code (torch) when they run: the CLI reads this
 registry to build its options without loading torch.
 """
@@ -38,7 +45,7 @@ from typing import Any, Callable
 import sstm.data as sd  # the split functions are looked up at call time (tests may replace them)
 from sstm.errors import SSTMError
 from sstm.evaluate.data import DataContext, FileReader, read_table_file, text_field
-from sstm.evaluate.judge import RefusalJudge
+from sstm.evaluate.judge import RefusalJudge, non_answers
 from sstm.registry import Artifact, Registry
 
 LETTERS = ("A", "B", "C", "D")
@@ -52,6 +59,12 @@ class Settings:
     max_new_tokens: int
     max_context_tokens: int | None
     judge: RefusalJudge
+    early_exit: bool = True  # refusal rows stop decoding once the judge's verdict is decided (judge.decided)
+
+    @property
+    def stop_when(self):
+        """What ends a judged row early (:func:`sstm.generate.generate`'s ``stop_when``), or None."""
+        return self.judge.decided if self.early_exit and self.judge.decides_early else None
 
     def of(self, suite: "Suite") -> "Settings":
         """These settings with the suite's own generation budget (:meth:`Suite.new_tokens`)."""
@@ -72,6 +85,11 @@ class Metric:
     @property
     def suite(self) -> str:
         return self.name.partition(".")[0]
+
+    def scores(self, samples: list[dict]) -> list[float]:
+        """The scores the metric averages: every sample's, or those of its subset (n = their count)."""
+        return [x["score"] for x in samples
+                if self.subset is None or (self.subset[0] in x and x[self.subset[0]] == self.subset[1])]
 
 
 @dataclass(frozen=True)
@@ -121,8 +139,7 @@ class Suite:
         subset's; a metric whose subset is empty is left out, not set to 0)."""
         metrics = {}
         for m in self.metrics:
-            part = [x["score"] for x in samples
-                    if m.subset is None or (m.subset[0] in x and x[m.subset[0]] == m.subset[1])]
+            part = m.scores(samples)
             if part:
                 metrics[m.name] = fmean(part)
         return metrics, self.stats(samples, s)
@@ -199,11 +216,13 @@ def mmlu_message(row: dict) -> str:
 
 
 def generation_stats(samples: list[dict], s: Settings) -> dict:
-    """Mean new tokens per sample and the share of samples cut off at max_new_tokens."""
+    """Mean new tokens per sample, the share of samples cut off at max_new_tokens and the share stopped
+    early because their verdict was decided (``stop``)."""
     return {
         "mean_new_tokens": fmean(x["new_tokens"] for x in samples),
         "share_at_max_new_tokens": fmean(float(x["new_tokens"] >= s.max_new_tokens) for x in samples),
-    }
+        "share_verdict_decided": fmean(float(x.get("stop") == "verdict decided") for x in samples),
+    } | ({"non_answer_rate": fmean(float(x["non_answer"]) for x in samples)} if "non_answer" in samples[0] else {})
 
 
 # --------------------------------------------------------------------------- user files
@@ -281,16 +300,17 @@ def _prompts(what: str, default: Callable[[Registry, DataContext], Artifact], op
 
 
 def _refusal_records(model, tok, rows, s: Settings, advance: Advance) -> list[dict]:
-    from sstm.chat import user_message
-    from sstm.generate import generate
+    from sstm.chat import user_message  # lazy: torch stays out of CLI start-up (the CLI loads this module)
+    from sstm.generate import generate  # lazy: torch stays out of CLI start-up (the CLI loads this module)
 
     gens = generate(model, tok, [user_message(r) for _, r in rows], batch_size=s.batch_size,
-                    max_new_tokens=s.max_new_tokens, advance=advance)
+                    max_new_tokens=s.max_new_tokens, advance=advance, stop_when=s.stop_when)
     verdicts = s.judge.verdicts([r["prompt"] for _, r in rows], [g.text for g in gens])
     samples = []
-    for (i, r), g, refused in zip(rows, gens, verdicts):
+    for (i, r), g, refused, na in zip(rows, gens, verdicts, non_answers([g.text for g in gens])):
         samples.append({"id": i, "prompt": r["prompt"], "response": g.text, "reference": r.get("response") or None,
-                        "score": float(refused), "refused": refused, "new_tokens": g.n_tokens})
+                        "score": float(refused), "refused": refused, "non_answer": na, "new_tokens": g.n_tokens,
+                        "stop": g.stop})
     return samples
 
 
@@ -353,15 +373,15 @@ def jailbreak(model, tok, rows, s: Settings, advance: Advance):
            "n_unanswerable": sum(not x["answerable"] for x in samples)})
 def repliqa(model, tok, rows, s: Settings, advance: Advance):
     """rouge_l = (1/n) sum_i F1_LCS(response_i, gold_i); the same mean per answerable subset."""
-    from sstm.chat import user_message
-    from sstm.generate import generate
+    from sstm.chat import user_message  # lazy: torch stays out of CLI start-up (the CLI loads this module)
+    from sstm.generate import generate  # lazy: torch stays out of CLI start-up (the CLI loads this module)
 
     messages = [user_message(r, tok, s.max_context_tokens) for _, r in rows]
     gens = generate(model, tok, messages, batch_size=s.batch_size, max_new_tokens=s.max_new_tokens, advance=advance)
     scores = rouge_l([r["response"] for _, r in rows], [g.text for g in gens])
     return [
         {"id": i, "prompt": r["prompt"], "response": g.text, "reference": r["response"], "score": sc,
-         "refused": None, "answerable": bool(r.get("answerable", True)), "new_tokens": g.n_tokens}
+         "refused": None, "answerable": bool(r.get("answerable", True)), "new_tokens": g.n_tokens, "stop": g.stop}
         for (i, r), g, sc in zip(rows, gens, scores)
     ]
 
@@ -387,7 +407,7 @@ def overrefusal(model, tok, rows, s: Settings, advance: Advance):
        generates=False)
 def mmlu(model, tok, rows, s: Settings, advance: Advance):
     """accuracy = (1/n) sum_i [argmax_l log p(l | prompt_i) = answer_i], l in {A, B, C, D}."""
-    from sstm.generate import letter_ids, next_token_logprobs
+    from sstm.generate import letter_ids, next_token_logprobs  # lazy: torch stays out of CLI start-up (the CLI loads this module)
 
     for i, r in rows:
         if not isinstance(r.get("answer"), int) or not 0 <= r["answer"] < len(LETTERS):

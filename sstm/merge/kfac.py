@@ -22,7 +22,7 @@ for the full Fisher):
 With S_B x = μ (X + √δI) x and S_A y = ν (Y + √δI) y (two r×r `eigh`), the pairs
 (x_p⊗y_q, μ_p ν_q / c_s) solve the r²×r² GEVP of (F_s, damped metric), with the same
 normalisation Vᵀ·metric·V = I. The top k are the k largest products, cut down to a gap
-of the product spectrum by the same rule as the full GEVP (:func:`sstm.merge.sst.separated_k`).
+of the product spectrum by the same rule as the full GEVP (:func:`sstm.merge.gevp.separated_k`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 import scipy.linalg
 
 from sstm.errors import SSTMError
-from sstm.merge.sst import SEPARATION_RTOL, separated_k
+from sstm.merge.gevp import SEPARATION_RTOL, separated_k
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from types import MappingProxyType
 
+from sstm.adapters import module_type
 from sstm.errors import SSTMError
 
 DEFAULT_LAYER_WEIGHTS = MappingProxyType({
@@ -24,6 +25,23 @@ DEFAULT_LAYER_WEIGHTS = MappingProxyType({
     "gate_proj": 1.5, "up_proj": 1.5, "down_proj": 1.5,
     "default": 1.0,  # any other module type
 })
+# The module-type groups `sstm search` weighs as one (a mapping {module_type: ℓ} over them is a valid
+# `layer_weights`): the output head, the attention projections, the MLP projections.
+GROUPS = MappingProxyType({
+    "lm_head": ("lm_head",),
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+})
+
+
+def group_weights(weights: dict[str, float]) -> dict[str, float]:
+    """{module_type: ℓ} from {group: ℓ} (:data:`GROUPS`), e.g. {"attention": 2} -> {"q_proj": 2, ..., "o_proj": 2}."""
+    unknown = sorted(set(weights) - set(GROUPS))
+    if unknown:
+        raise SSTMError(f"layer-weight group {unknown[0]}: expected one of {', '.join(GROUPS)}")
+    return {t: float(v) for g, v in weights.items() for t in GROUPS[g]}
+
+
 # Named policies (`--layer-weights NAME`); None (no option) is "default", for every method.
 POLICIES = MappingProxyType({"default": DEFAULT_LAYER_WEIGHTS, "uniform": MappingProxyType({"default": 1.0})})
 
@@ -42,13 +60,20 @@ def load_layer_weights(spec: str | dict | None) -> dict[str, float]:
         import yaml  # YAML is a superset of JSON
 
         try:
-            given = yaml.safe_load(path.read_text())
+            given = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise SSTMError(f"--layer-weights {spec}: not UTF-8 text (invalid byte 0x{e.object[e.start]:02x} at "
+                            f"offset {e.start})") from None
         except yaml.YAMLError as e:
             raise SSTMError(f"--layer-weights {spec}: not valid JSON/YAML ({str(e).splitlines()[0]})") from None
         where = f"--layer-weights {spec}"
     if not isinstance(given, dict):
         raise SSTMError(f"{where}: expected a mapping module_type -> weight (e.g. q_proj: 2.0)")
     out = dict(DEFAULT_LAYER_WEIGHTS)
+    unknown = [str(k) for k in given if str(k) not in DEFAULT_LAYER_WEIGHTS]
+    if unknown:  # a typo would otherwise fall back to the default weight silently
+        raise SSTMError(f"{where}: unknown module type {unknown[0]!r} (known: {', '.join(DEFAULT_LAYER_WEIGHTS)}; "
+                        "'default' weighs any other type)")
     for key, value in given.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise SSTMError(f"{where}: weight of {key} must be a number >= 0, got {value!r}")
@@ -58,8 +83,6 @@ def load_layer_weights(spec: str | dict | None) -> dict[str, float]:
 
 def used_weights(weights: dict[str, float], modules) -> dict[str, float]:
     """ℓ of each module type present in `modules` (names like ``model.layers.3.self_attn.q_proj``)."""
-    from sstm.adapters import module_type
-
     types = sorted({module_type(m) for m in modules})
     return {t: weights.get(t, weights["default"]) for t in types}
 

@@ -20,32 +20,34 @@ per-token mean). With M = (G̃_u + w·ℓ·G̃_s)⁻¹ this is exactly one LoRA 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-
-from sstm.adapters import write_lora
 from sstm.errors import SSTMError
-from sstm.merge.peers import DataConfig, finish, merges
-from sstm.merge.storage import strength
-from sstm.registry import Artifact, Registry, code_fingerprint
+from sstm.merge.method import DataPassConfig, MergeMethod, register
+from sstm.merge.param import param
+from sstm.merge.point import Built, Inputs
+from sstm.merge.space import Range
+from sstm.storage import strength
 
 
 @dataclass
-class RegMeanConfig(DataConfig):
+class RegMeanConfig(DataPassConfig):
     """`sstm merge regmean`."""
 
-    METHOD = "regmean"
-    alpha: float = 0.1  # G̃ = α·G + (1 − α)·diag(G)
+    alpha: float = param(0.1, "Off-diagonal shrink: G ← α·G + (1−α)·diag(G).", ge=0, le=1,
+                         search=Range(0.0, 1.0))  # the paper's α
 
 
 def shrink(G: torch.Tensor, alpha: float) -> torch.Tensor:
     """G̃ = α·G + (1 − α)·diag(G)."""
+    import torch
+
     return alpha * G + (1 - alpha) * torch.diag(torch.diagonal(G))
 
 
 def regmean_factors(A_u, A_s, G_u, G_s, c: float, where: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """(A_u G_u M, c·A_s G_s M) with M = (G_u + c·G_s)⁻¹, by one solve (float64)."""
+    import torch
+
     S = G_u + c * G_s
     rhs = torch.cat([G_u @ A_u.T, c * (G_s @ A_s.T)], dim=1)  # n×(r_u + r_s)
     try:
@@ -58,28 +60,23 @@ def regmean_factors(A_u, A_s, G_u, G_s, c: float, where: str = "") -> tuple[torc
     return X[:, : A_u.shape[0]].T, X[:, A_u.shape[0]:].T
 
 
-def regmean_merge(reg: Registry, cfg: RegMeanConfig) -> list[Artifact]:
-    """One `merged` artifact per w (built or reused); the two Gram statistics built or reused once."""
-    x = cfg.load(reg)
+def build(cfg: RegMeanConfig, x: Inputs, point: dict) -> Built:
+    """One LoRA of rank r_u + r_s per w, from both adapters' Gram matrices (the data pass)."""
+    import torch
+
     fu, fs = x.fu, x.fs
-    stats, grams = cfg.stats(reg, "gram")
+    grams = x.data
+    lora, modules = {}, {}
+    for m in fu.modules:
+        G_u, G_s = (shrink(g[m].double(), cfg.alpha) for g in grams)
+        A_u, A_s = regmean_factors(fu.A[m].double(), fs.A[m].double(), G_u, G_s, x.weight(point["w"], m), m)
+        B_u, B_s = fu.scale * fu.B[m].double(), fs.scale * fs.B[m].double()
+        lora[m] = (torch.cat([B_u, B_s], dim=1), torch.cat([A_u, A_s], dim=0))
+        added = (torch.cat([B_u, B_s, -B_u], dim=1), torch.cat([A_u, A_s, fu.A[m].double()], dim=0))
+        modules[m] = {"strength": strength(added, fs, m)}
+    return Built(modules, lora=lora, doc={"alpha": cfg.alpha})
 
-    def build_for(w: float):
-        def build(out: Path) -> dict:
-            B, A, diag = {}, {}, {}
-            for m in fu.modules:
-                G_u, G_s = (shrink(g[m].double(), cfg.alpha) for g in grams())
-                A_u, A_s = regmean_factors(fu.A[m].double(), fs.A[m].double(), G_u, G_s, x.weight(w, m), m)
-                B_u, B_s = fu.scale * fu.B[m].double(), fs.scale * fs.B[m].double()
-                B[m], A[m] = torch.cat([B_u, B_s], dim=1), torch.cat([A_u, A_s], dim=0)
-                added = (torch.cat([B_u, B_s, -B_u], dim=1), torch.cat([A_u, A_s, fu.A[m].double()], dim=0))
-                diag[m] = {"strength": strength(added, fs, m)}
-            write_lora(out, fu.config, A, B, fu.rank + fs.rank, x.dtype)
-            return finish(out, "lora", {"method": "regmean", "w": w, "alpha": cfg.alpha}, diag, x.ell)
 
-        return build
-
-    params = {"alpha": cfg.alpha, **cfg.data_params(stats), "layer_weights": x.ell, "rank": fu.rank + fs.rank,
-              "format": "lora"}
-    inputs = x.artifacts | {"gram_utility": stats[0], "gram_safety": stats[1]}
-    return merges(reg, "regmean", cfg.w, params, inputs, code_fingerprint(__name__), build_for, ("alpha",), cfg.seed)
+REGMEAN = register(MergeMethod(
+    "regmean", "RegMean (Jin et al. 2023): per module, the least-squares merge on both adapters' input Gram matrices.",
+    RegMeanConfig, build, format="lora", data="gram", shown=("alpha",)))

@@ -1,4 +1,5 @@
-"""How a merged artifact stores its ΔW, exactly, and how any adapter's ΔW is read back (docs/method.md §11).
+"""How a merged artifact stores its ΔW, exactly (docs/method.md §11). Below :mod:`sstm.adapters` and
+:mod:`sstm.models`, which read it back (:func:`sstm.adapters.read_deltas`, :func:`sstm.models.apply_deltas`).
 
 Two formats, both exact:
 
@@ -6,7 +7,7 @@ Two formats, both exact:
   by construction -- task arithmetic [s_u·B_u, w·ℓ·s_s·B_s]·[A_u; A_s] and SST-Merge, both of rank
   r_u + r_s -- loaded with PEFT;
 * ``dense``: :data:`DELTA_FILE`, base-module name -> ΔW (d×n), for results that are not low-rank
-  (TIES, DARE, ...), added to the base weights at load (:func:`apply_deltas`).
+  (TIES, DARE, ...), added to the base weights at load (:func:`sstm.models.apply_deltas`).
 
 Every merged artifact records ``params["format"]`` and ``metrics["rel_error"]``, the relative
 Frobenius error of what is stored against the method's result (0: exact), see :func:`stored`. A
@@ -28,7 +29,6 @@ from sstm.errors import SSTMError
 if TYPE_CHECKING:
     import torch
 
-    from sstm.adapters import LoraFactors
     from sstm.registry import Artifact
 
 DELTA_FILE = "delta.safetensors"
@@ -55,45 +55,11 @@ def write_dense(out: Path, deltas: dict[str, "torch.Tensor"], dtype) -> None:
               metadata={"format": "pt", "sstm": "dense delta"})
 
 
-def read_deltas(art: "Artifact", dtype=None) -> dict[str, "torch.Tensor"]:
-    """ΔW per module of an adapter or merged artifact, in either format (in `dtype`; default: as stored)."""
-    if storage_format(art) == "dense":
-        from safetensors.torch import load_file
+def read_dense(art: "Artifact") -> dict[str, "torch.Tensor"]:
+    """ΔW per module of a dense merge (:data:`DELTA_FILE`), as stored."""
+    from safetensors.torch import load_file
 
-        deltas = load_file(str(Path(art.path) / DELTA_FILE))
-        return deltas if dtype is None else {m: d.to(dtype) for m, d in deltas.items()}
-    from sstm.adapters import read_lora
-
-    f = read_lora(art)
-    return {m: f.delta(m, dtype) for m in f.modules}
-
-
-def apply_deltas(model, deltas: dict[str, "torch.Tensor"]):
-    """W_m ← W_m + ΔW_m for every module m, in place (the sum in ΔW's dtype, stored in W's); returns `model`.
-
-    A weight shared by several modules (SmolLM2's lm_head is tied to the input embedding) first
-    gets its own copy, and the config stops tying them, so the sum changes module m alone.
-    """
-    import torch
-
-    from sstm.models import own_weights
-
-    modules = {}
-    for m, delta in deltas.items():
-        try:
-            modules[m] = model.get_submodule(m)
-        except AttributeError:
-            raise SSTMError(f"dense delta: module {m} does not exist in the base model") from None
-        weight = getattr(modules[m], "weight", None)
-        if weight is None or tuple(weight.shape) != tuple(delta.shape):
-            shape = None if weight is None else tuple(weight.shape)
-            raise SSTMError(f"dense delta: module {m} has ΔW of shape {tuple(delta.shape)}, the base weight {shape}")
-    own_weights(model, modules.values(), model.config)
-    with torch.no_grad():
-        for m, delta in deltas.items():
-            w = modules[m].weight
-            w.copy_((w.to(delta.dtype) + delta.to(w.device)).to(w.dtype))
-    return model
+    return load_file(str(Path(art.path) / DELTA_FILE))
 
 
 def lora_at_rank(delta: "torch.Tensor", rank: int) -> tuple["torch.Tensor", "torch.Tensor", float]:
@@ -125,8 +91,8 @@ def lowrank_norm(B: "torch.Tensor", A: "torch.Tensor") -> float:
     return float((r_b @ r_a.T).norm())
 
 
-def strength(added, s: "LoraFactors", m: str) -> float | None:
-    """‖added‖_F / ‖ΔW_s(m)‖_F, `added` = ΔW_merged − ΔW_u of module m as a tensor or as LoRA factors (B, A);
+def strength(added, s, m: str) -> float | None:
+    """‖added‖_F / ‖ΔW_s(m)‖_F (`s`: the safety adapter's :class:`sstm.adapters.LoraFactors`), `added` = ΔW_merged − ΔW_u of module m as a tensor or as LoRA factors (B, A);
     None when ΔW_s(m) = 0. Task arithmetic gives w·ℓ(m); a larger value means the merge added more than w·ℓ·ΔW_s."""
     den = lowrank_norm(s.scale * s.B[m], s.A[m])
     num = lowrank_norm(*added) if isinstance(added, tuple) else float(added.double().norm())

@@ -23,17 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-
-from sstm.adapters import write_lora
 from sstm.errors import SSTMError
-from sstm.merge.peers import Inputs, PeerConfig, finish, merges
-from sstm.merge.storage import strength
-from sstm.registry import Artifact, Registry, code_fingerprint
-
-GATE = ("select", "share", "threshold")  # the gate's params, shown in labels
+from sstm.merge.method import MergeConfig, MergeMethod, register
+from sstm.merge.param import param
+from sstm.merge.point import Built, Inputs, Prepared
+from sstm.merge.space import Range
+from sstm.storage import strength
 
 
 @dataclass(frozen=True)
@@ -81,39 +77,52 @@ def gate(rho: dict[str, float | None], select: str, share: float, threshold: flo
 
 
 @dataclass
-class SafeLoRAConfig(PeerConfig):
-    """`sstm merge safe-lora`; also the gate of SafeMERGE (:mod:`sstm.merge.safemerge`)."""
+class SafeLoRAConfig(MergeConfig):
+    """`sstm merge safe-lora`; also the gate of SafeMERGE (:mod:`sstm.merge.methods.safemerge`)."""
 
-    METHOD = "safe-lora"
-    select: str = "number"  # the reference's default select_layers_type
-    share: float = 0.1  # number mode: share of the modules gated
-    threshold: float = 0.5  # threshold mode: τ (the reference's default)
-    aligned: str | None = None  # model spec (or base id) of the aligned model
-    unaligned: str | None = None  # ... and of the unaligned one
+    select: str = param("number", "Modules gated by ρ = cos(C·ΔW_u, ΔW_u): number (the share of lowest ρ) or "
+                        "threshold (ρ <= τ).", choices=("number", "threshold"))  # the reference's select_layers_type
+    share: float = param(0.1, "Number mode: share of the modules gated.", gt=0, le=1, search=Range(0.05, 1.0))
+    threshold: float = param(0.5, "Threshold mode: τ.", ge=-1, le=1)  # the reference's default
+    aligned: str | None = param(None, "Aligned model (a --model spec or base id); with --unaligned, V = W_aligned − "
+                                "W_unaligned (default: V = ΔW_s of the safety adapter).", type=str)
+    unaligned: str | None = param(None, "Unaligned model (a --model spec or base id), e.g. the aligned model's base.",
+                                  type=str)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if (self.aligned is None) != (self.unaligned is None):
             raise SSTMError("--aligned and --unaligned go together (V = W_aligned − W_unaligned)")
 
-    def gate_params(self) -> dict:
-        """What the gate of these settings depends on (recorded in the merged artifact's params)."""
+    def recorded(self) -> dict:
+        """The gate's settings that change it (the models' ids are added by :func:`prepare`)."""
+        rest = {k: v for k, v in super().recorded().items()
+                if k not in ("select", "share", "threshold", "aligned", "unaligned")}
         return {"select": self.select, **({"share": self.share} if self.select == "number" else
-                                          {"threshold": self.threshold})}
+                                          {"threshold": self.threshold}), **rest}
 
 
-def gated_projection(reg: Registry, cfg: SafeLoRAConfig, x: Inputs
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, float | None], set[str], dict[str, Artifact]]:
-    """Per module C·(s_u·B_u) (d×r_u, float64) and ρ for V of unit weight, the gated modules and the models
-    V came from."""
-    fu, fs = x.fu, x.fs
-    models: dict[str, Artifact] = {}
+def prepare(cfg: SafeLoRAConfig, x: Inputs) -> Prepared:
+    """The models V comes from (registered bases; their ids go into the params), rank r_u (safe-lora)."""
+    models = {}
     if cfg.aligned is not None:
-        from sstm.models import load_base, resolve_base
+        from sstm.models import resolve_base  # lazy: torch stays out of CLI start-up
 
-        models = {"aligned": resolve_base(reg, cfg.aligned), "unaligned": resolve_base(reg, cfg.unaligned)}
+        models = {"aligned": resolve_base(x.reg, cfg.aligned), "unaligned": resolve_base(x.reg, cfg.unaligned)}
         if models["aligned"].id == models["unaligned"].id:
             raise SSTMError(f"--aligned and --unaligned are the same model ({models['aligned'].short}): V = 0")
+    x.memo["models"] = models
+    return Prepared(params={k: a.id for k, a in models.items()}, inputs=dict(models))
+
+
+def gated_projection(cfg: SafeLoRAConfig, x: Inputs) -> tuple[dict, dict, set[str]]:
+    """Per module C·(s_u·B_u) (d×r_u, float64) and ρ for V of unit weight, and the gated modules (once per call)."""
+    if "gate" in x.memo:
+        return x.memo["gate"]
+    fu, fs, models = x.fu, x.fs, x.memo["models"]
+    if models:
+        from sstm.models import load_base  # lazy: torch stays out of CLI start-up
+
         a_model, u_model = (load_base(art)[0] for art in models.values())
 
     def alignment(m: str) -> Alignment:
@@ -134,29 +143,36 @@ def gated_projection(reg: Registry, cfg: SafeLoRAConfig, x: Inputs
         C, B, A = alignment(m), fu.scale * fu.B[m].double(), fu.A[m].double()
         rho[m] = similarity(C, B, A)
         projected[m] = C.apply(B) if rho[m] is not None else B
-    return projected, rho, gate(rho, cfg.select, cfg.share, cfg.threshold), models
+    x.memo["gate"] = projected, rho, gate(rho, cfg.select, cfg.share, cfg.threshold)
+    return x.memo["gate"]
 
 
-def safe_lora_merge(reg: Registry, cfg: SafeLoRAConfig) -> list[Artifact]:
-    """One `merged` artifact per w (built or reused): the utility LoRA, B_u ← w·ℓ·C·B_u in the gated modules."""
-    x = cfg.load(reg)
-    fu = x.fu
-    projected, rho, gated, models = gated_projection(reg, cfg, x)
+def alignment_doc(x: Inputs, gated: set[str]) -> dict:
+    return {"gated": len(gated), "alignment": "models" if x.memo["models"] else "safety"}
 
-    def build_for(w: float):
-        def build(out: Path) -> dict:
-            B, A, diag = {}, {}, {}
-            for m in fu.modules:
-                B_u = fu.scale * fu.B[m].double()
-                B[m], A[m] = (x.weight(w, m) * projected[m] if m in gated else B_u), fu.A[m].double()
-                diag[m] = {"rho": rho[m], "gated": m in gated,
-                           "strength": strength((B[m] - B_u, A[m]), x.fs, m) if m in gated else 0.0}
-            write_lora(out, fu.config, A, B, fu.rank, x.dtype)
-            doc = {"method": "safe-lora", "w": w, "gated": len(gated), "alignment": "models" if models else "safety"}
-            return finish(out, "lora", doc, diag, x.ell) | {"gated_modules": float(len(gated))}
 
-        return build
+def prepare_safe_lora(cfg: SafeLoRAConfig, x: Inputs) -> Prepared:
+    prep = prepare(cfg, x)
+    prep.params["rank"] = x.fu.rank  # the utility LoRA with some B_u replaced
+    return prep
 
-    params = {**cfg.gate_params(), **{k: a.id for k, a in models.items()}, "layer_weights": x.ell, "rank": fu.rank,
-              "format": "lora"}
-    return merges(reg, "safe-lora", cfg.w, params, x.artifacts | models, code_fingerprint(__name__), build_for, GATE)
+
+def build(cfg: SafeLoRAConfig, x: Inputs, point: dict) -> Built:
+    """The utility LoRA, B_u ← w·ℓ·C·B_u in the gated modules."""
+    fu, w = x.fu, point["w"]
+    projected, rho, gated = gated_projection(cfg, x)
+    lora, modules = {}, {}
+    for m in fu.modules:
+        B_u, A = fu.scale * fu.B[m].double(), fu.A[m].double()
+        B = x.weight(w, m) * projected[m] if m in gated else B_u
+        lora[m] = (B, A)
+        modules[m] = {"rho": rho[m], "gated": m in gated,
+                      "strength": strength((B - B_u, A), x.fs, m) if m in gated else 0.0}
+    return Built(modules, lora=lora, doc=alignment_doc(x, gated), metrics={"gated_modules": float(len(gated))})
+
+
+GATE = ("select", "share", "threshold")  # the gate's params, shown in labels
+SAFE_LORA = register(MergeMethod(
+    "safe-lora", "Safe LoRA (Hsu et al. 2024): project the utility update onto C = V·Vᵀ/‖V‖ in the modules "
+    "where it strays most from the aligned subspace V.", SafeLoRAConfig, build, format="lora",
+    prepare=prepare_safe_lora, shown=GATE))

@@ -1,0 +1,5 @@
+"""`python -m sstm.cli`."""
+
+from sstm.cli import main
+
+main()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sstm import storage
-from sstm.errors import SSTMError
+from sstm.errors import SSTMError, read_text
 from sstm.registry import Artifact, Registry, code_fingerprint, sha256_file
 from sstm.ui import warn
 
@@ -120,10 +120,7 @@ def read_config(path: Path, who: str) -> dict:
     JSON object, ``peft_type`` LORA, none of :data:`UNSUPPORTED`, no trained biases, and an integer rank
     ``r`` >= 1 (the shapes of the tensors are checked against it where they are read)."""
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise SSTMError(f"{who}: {path} is not UTF-8 text (invalid byte 0x{e.object[e.start]:02x} at offset "
-                        f"{e.start})") from None
+        cfg = json.loads(read_text(path, who))
     except json.JSONDecodeError as e:
         raise SSTMError(f"{who}: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(cfg, dict):

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from sstm import __version__
-from sstm.errors import SSTMError
+from sstm.errors import SSTMError, read_text
 from sstm.pipeline import SUBJECT, Plan, RunConfig
 from sstm.provenance import git_state
 from sstm.registry import write_whole
@@ -128,12 +128,7 @@ def load(path: Path) -> dict[str, Any]:
     """The keys a recipe file sets, checked (an unknown key, a wrong type: one line naming it)."""
     path = Path(path).expanduser()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise SSTMError(f"--config {path}: cannot read it ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise SSTMError(f"--config {path}: not UTF-8 text (invalid byte 0x{e.object[e.start]:02x} at offset "
-                        f"{e.start})") from None
+        data = yaml.safe_load(read_text(path, "--config"))
     except yaml.YAMLError as e:
         raise SSTMError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:

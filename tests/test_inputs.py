@@ -127,7 +127,7 @@ def test_from_dir_config_not_an_object(home, reg, tiny_model_dir, adapter_dir):
     (adapter_dir / CONFIG_FILE).write_text('["LORA", 4]')
     assert_user_error(_from_dir(tiny_model_dir, adapter_dir), "holds a JSON list, not an object of PEFT settings")
     (adapter_dir / CONFIG_FILE).write_bytes(b'{"peft_type": "LORA", "r": 4, "x": "\xff"}')
-    assert_user_error(_from_dir(tiny_model_dir, adapter_dir), "is not UTF-8 text")
+    assert_user_error(_from_dir(tiny_model_dir, adapter_dir), "adapter_config.json: not UTF-8 text")
 
 
 def test_from_dir_dora_is_refused_before_shapes(home, reg, tiny_base, tiny_model_dir, tmp_path):

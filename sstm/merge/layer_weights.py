@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from sstm.adapters import module_type
-from sstm.errors import SSTMError
+from sstm.errors import SSTMError, read_text
 
 DEFAULT_LAYER_WEIGHTS = MappingProxyType({
     "lm_head": 5.0,
@@ -60,10 +60,7 @@ def load_layer_weights(spec: str | dict | None) -> dict[str, float]:
         import yaml  # YAML is a superset of JSON
 
         try:
-            given = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            raise SSTMError(f"--layer-weights {spec}: not UTF-8 text (invalid byte 0x{e.object[e.start]:02x} at "
-                            f"offset {e.start})") from None
+            given = yaml.safe_load(read_text(path, "--layer-weights"))
         except yaml.YAMLError as e:
             raise SSTMError(f"--layer-weights {spec}: not valid JSON/YAML ({str(e).splitlines()[0]})") from None
         where = f"--layer-weights {spec}"

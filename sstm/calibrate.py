@@ -204,7 +204,7 @@ def settings(method: MergeMethod, config: Any) -> list[Any]:
     return method.settings(config)
 
 
-def _calibration_data(reg: Registry, cfg: CalibrateConfig, model: Artifact) -> Artifact:
+def jailbreak_calibration(reg: Registry, cfg: CalibrateConfig, model: Artifact) -> Artifact:
     """The calibration rows of the jailbreak suite, templates capped like the test split's."""
     tokenizer = None
     if cfg.eval.max_context_tokens is not None:
@@ -214,7 +214,7 @@ def _calibration_data(reg: Registry, cfg: CalibrateConfig, model: Artifact) -> A
     return calibration_data(reg, max_template_tokens=cfg.eval.max_context_tokens, tokenizer=tokenizer)["jailbreak"]
 
 
-def _blocks(reg: Registry, data: Artifact, samples: int | None, seed: int) -> list[Artifact]:
+def probe_blocks(reg: Registry, data: Artifact, samples: int | None, seed: int) -> list[Artifact]:
     """The calibration rows a probe may read, in blocks of BLOCK prompts, each a `dataset` labelled like
     `data`: the rows the eval stage would draw (``samples`` of them, requests' bare and wrapped rows
     together), their groups in a seeded order, cut every BLOCK rows. The same blocks for every probe."""
@@ -266,8 +266,8 @@ def _calibrate_one(reg: Registry, cfg: CalibrateConfig, method: MergeMethod, con
         """The merge at w, its calibration blocks evaluated one by one until the interval decides."""
         (art,) = method.merge(reg, replace(config, w=[w]))
         if not data:
-            data.append(_calibration_data(reg, cfg, art))
-            blocks.extend(_blocks(reg, data[0], cfg.eval.samples, cfg.eval.sample_seed))
+            data.append(jailbreak_calibration(reg, cfg, art))
+            blocks.extend(probe_blocks(reg, data[0], cfg.eval.samples, cfg.eval.sample_seed))
         evals: list[Artifact] = []
 
         def read() -> Iterable[tuple[int, int]]:

@@ -13,7 +13,7 @@ c = (r_min − r, o − o_max), feasible iff c ≤ 0. Relative constraints resol
 adapter's refusal r_S, ``utility+0.05`` = the utility adapter's over-refusal + 0.05.
 
 Cheap trials (a sequential interval test): each refusal split is read in the blocks of ``sstm calibrate``
-(:func:`sstm.calibrate._blocks`: the calibration rows in a seeded order, 16 prompts a block, each block a
+(:func:`sstm.calibrate.probe_blocks`: the calibration rows in a seeded order, 16 prompts a block, each block a
 dataset and an eval, so reading more blocks reuses the first ones). After each block, when the exact
 95 % interval of the rate read so far excludes the constraint (its upper end < r_min, or its lower end >
 o_max), the trial is pruned (``optuna.TrialPruned``) and scores nothing more; otherwise it reads every
@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from sstm.calibrate import CONFIDENCE, CalibrateConfig, _blocks, _calibration_data
+from sstm.calibrate import CONFIDENCE, CalibrateConfig, jailbreak_calibration, probe_blocks
 from sstm.calibrate import interval as clopper_pearson
 from sstm.compare import CompareConfig, compare, paired_delta
 from sstm.data.benign import benign_split
@@ -440,15 +440,15 @@ class RegistryScorer:
         """suite -> the calibration dataset: safety/calib, benign/calib, utility/calib."""
         if not self._data:
             ccfg = CalibrateConfig(self.cfg.methods[0], None, eval=self.cfg.eval)
-            self._data = {"jailbreak": _calibration_data(self.reg, ccfg, model),
+            self._data = {"jailbreak": jailbreak_calibration(self.reg, ccfg, model),
                           "overrefusal": benign_split(self.reg, split="calib"),
                           "repliqa": utility_split(self.reg, "calib")}
         return self._data
 
     def blocks(self, model, suite: str) -> list:
-        """The block datasets of a refusal split (:func:`sstm.calibrate._blocks`)."""
+        """The block datasets of a refusal split (:func:`sstm.calibrate.probe_blocks`)."""
         if suite not in self._blocks:
-            self._blocks[suite] = _blocks(self.reg, self.data(model)[suite], self.cfg.calib_samples,
+            self._blocks[suite] = probe_blocks(self.reg, self.data(model)[suite], self.cfg.calib_samples,
                                           self.cfg.eval.sample_seed)
         return self._blocks[suite]
 

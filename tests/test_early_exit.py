@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from sstm.evaluate.judge import BUILTIN, OPENING_PHRASES, ModelJudge, OpeningJudge, PhraseJudge, settled
 from sstm.evaluate.suites import SUITES, Settings
@@ -30,17 +29,9 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def lively():
     """The tiny Llama with larger random weights (outputs depend on the prompt), in memory."""
-    from tiny import build_model, build_tokenizer
+    from tiny import build_lively
 
-    tok = build_tokenizer()
-    model = build_model(len(tok))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    model.generation_config.pad_token_id = model.generation_config.eos_token_id = tok.eos_token_id
-    return model.eval(), tok
+    return build_lively()
 
 
 def _first_decided(judge, tok, ids: list[int]) -> int | None:

@@ -38,17 +38,10 @@ def lively_dir(tmp_path_factory):
 
     (At the default init scale the tiny model emits the same token for every prompt.)
     """
-    from tiny import build_model, build_tokenizer
+    from tiny import build_lively
 
     path = tmp_path_factory.mktemp("lively")
-    tok = build_tokenizer()
-    model = build_model(len(tok))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    model.generation_config.pad_token_id = model.generation_config.eos_token_id = tok.eos_token_id
+    model, tok = build_lively()
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -73,6 +73,20 @@ def build_model(vocab_size: int, seed: int = 0, hidden: int = 32) -> LlamaForCau
     return LlamaForCausalLM(cfg)
 
 
+def build_lively() -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """The tiny Llama with larger random weights (scale 0.2, seed 1), so greedy outputs depend on the prompt
+    (at the default init scale it emits the same token for every prompt), and its tokenizer."""
+    tok = build_tokenizer()
+    model = build_model(len(tok))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    model.generation_config.pad_token_id = model.generation_config.eos_token_id = tok.eos_token_id
+    return model.eval(), tok
+
+
 def save_tiny(path: Path, seed: int = 0) -> Path:
     tok = build_tokenizer()
     model = build_model(len(tok), seed=seed)

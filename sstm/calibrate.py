@@ -33,7 +33,6 @@ how far the method gets, and `compare` says the target was not reached.
 from __future__ import annotations
 
 import functools
-import os
 import random
 import shutil
 from dataclasses import dataclass, field, replace
@@ -48,6 +47,7 @@ from sstm.evaluate.suites import SUITES
 from sstm.merge import METHODS, MergeMethod
 from sstm.models import base_of
 from sstm.registry import Artifact, Registry, code_fingerprint
+from sstm.registry.files import link_or_copy
 from sstm.ui import info
 
 TARGET = 0.9  # jailbreak refusal on the calibration rows
@@ -234,14 +234,6 @@ def probe_blocks(reg: Registry, data: Artifact, samples: int | None, seed: int) 
             for b, cut in enumerate(cuts)]
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    """A hard link to `src` (a copy where the file system has none): the calibrated artifact is the same
-    merge, read-only like its source (``shutil.copytree``'s copy function)."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
 
 @dataclass(frozen=True)
 class Calibrated:
@@ -297,7 +289,7 @@ def _calibrate_one(reg: Registry, cfg: CalibrateConfig, method: MergeMethod, con
         if fresh:  # the merge at the calibrated w, built again by its method (what a replay compares)
             (planned,) = method.plan(reg, replace(config, w=[found.best.w]))
             return dict(planned.build(out)) | {"calibration_refusal": found.best.refusal}
-        shutil.copytree(point.path, out, copy_function=_link_or_copy, dirs_exist_ok=True)
+        shutil.copytree(point.path, out, copy_function=link_or_copy, dirs_exist_ok=True)
         return dict(point.metrics) | {"calibration_refusal": found.best.refusal}
 
     art = reg.get_or_build("merged", point.params | {"calibration": record},

@@ -32,14 +32,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from sstm.calibrate import CONFIDENCE, CalibrateConfig, jailbreak_calibration, probe_blocks
+from sstm.calibrate import (
+    CONFIDENCE,
+    CalibrateConfig,
+    jailbreak_calibration,
+    probe_blocks,
+)
 from sstm.calibrate import interval as clopper_pearson
 from sstm.compare import CompareConfig, compare, paired_delta
 from sstm.data.benign import benign_split
@@ -51,6 +55,7 @@ from sstm.merge import METHODS
 from sstm.merge.layer_weights import GROUPS, group_weights
 from sstm.merge.space import Range
 from sstm.registry import code_fingerprint
+from sstm.registry.files import link_or_copy
 from sstm.stats import pareto_front
 from sstm.ui import info
 
@@ -509,12 +514,6 @@ def resolve_targets(scorer: Scorer, cfg: SearchConfig) -> dict:
     return out
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
 
 def register_selection(reg, cfg: SearchConfig, result: SearchResult, resolved: dict):
     """The selected trial's merge registered again with the search record (param ``search``) and input
@@ -527,7 +526,7 @@ def register_selection(reg, cfg: SearchConfig, result: SearchResult, resolved: d
               "path": [t.brief() for t in result.trials]}
 
     def build(out: Path) -> dict:
-        shutil.copytree(point.path, out, copy_function=_link_or_copy, dirs_exist_ok=True)
+        shutil.copytree(point.path, out, copy_function=link_or_copy, dirs_exist_ok=True)
         return dict(point.metrics) | {"search_refusal": sel.refusal, "search_overrefusal": sel.overrefusal,
                                       "search_rouge_l": sel.rouge_l}
 

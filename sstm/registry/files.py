@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -95,3 +96,13 @@ def make_read_only(root: Path) -> None:
     for p in root.rglob("*"):
         if p.is_file():
             p.chmod(0o444)
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    """A hard link to `src` (a copy where the file system has none): an artifact that is the same files as
+    another (a calibrated or searched merge: its chosen point), read-only like its source
+    (``shutil.copytree``'s copy function)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

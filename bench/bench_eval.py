@@ -20,7 +20,8 @@ the first batch size). Texts of all modes are compared. Nothing is registered: t
 ``--early-exit``: instead, the default path with early exit off and on (refusal rows stop once the judge's
 verdict is decided, :mod:`sstm.evaluate.suites`), alternated, on the base model and on each ``--model``
 (a registered adapter or merge, e.g. the safety adapter: a model that refuses); verdicts compared row by
-row (they must be identical) and the seconds' ratio per suite; writes bench/results/eval_early_exit.json.
+row (they must be identical; ROUGE-L's texts too) and the seconds' ratio per suite and for the whole
+eval; writes bench/results/eval_early_exit.json.
 
 Prints a table and writes bench/results/eval.json. Uses $SSTM_HOME, or bench/.home, as registry home.
 """
@@ -148,7 +149,7 @@ def main() -> None:
 
 
 def early_exit_bench(args, reg, base_model, tok, settings, suites, rows) -> None:
-    """Each model's refusal suites with early exit off and on, alternated; seconds, tokens, verdicts."""
+    """Each model's eval (every suite) with early exit off and on, alternated; seconds, tokens, verdicts."""
     from sstm.evaluate.stage import fold_lora
     from sstm.models import load_with_adapter
 
@@ -156,7 +157,7 @@ def early_exit_bench(args, reg, base_model, tok, settings, suites, rows) -> None
     for ref in args.model:
         art = reg.get(ref)
         models[f"{art.kind} {art.short} {art.label}".strip()] = fold_lora(load_with_adapter(reg, art, "cpu")[0])
-    judged = [s for s in suites if s.judged]
+    judged = list(suites)  # the refusal suites, and ROUGE-L's (stops at EOS or the budget either way)
     result: dict = {"samples": args.samples, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                     "platform": platform.platform(), "batch_size": settings.batch_size, "reps": args.reps,
                     "models": {}}
@@ -180,13 +181,21 @@ def early_exit_bench(args, reg, base_model, tok, settings, suites, rows) -> None
             per[s.name] = {
                 "seconds_off": round(t_off, 1), "seconds_on": round(t_on, 1), "speedup": round(t_off / t_on, 2),
                 "tokens_off": sum(x["new_tokens"] for x in off), "tokens_on": sum(x["new_tokens"] for x in on),
-                "refusal_rate": round(statistics.fmean(x["score"] for x in on), 3),
-                "identical_verdicts": sum(a["refused"] == b["refused"] for a, b in zip(off, on)), "rows": len(on),
-                "prefixes": sum(b["response"].startswith(a["response"]) for a, b in zip(on, off)),
-                "stopped_verdict_decided": sum(x["stop"] == "verdict decided" for x in on)}
-        t_off = sum(p["seconds_off"] for p in per.values())
-        t_on = sum(p["seconds_on"] for p in per.values())
-        result["models"][name] = {"suites": per, "speedup_refusal_suites": round(t_off / t_on, 2)}
+                "rows": len(on), "prefixes": sum(b["response"].startswith(a["response"]) for a, b in zip(on, off))}
+            if s.judged:
+                per[s.name] |= {
+                    "refusal_rate": round(statistics.fmean(x["score"] for x in on), 3),
+                    "identical_verdicts": sum(a["refused"] == b["refused"] for a, b in zip(off, on)),
+                    "stopped_verdict_decided": sum(x.get("stop") == "verdict decided" for x in on)}
+            else:
+                per[s.name] |= {"identical_texts": sum(a["response"] == b["response"] for a, b in zip(off, on))}
+
+        def speedup(names, per=per):
+            return round(sum(per[n]["seconds_off"] for n in names) / sum(per[n]["seconds_on"] for n in names), 2)
+
+        result["models"][name] = {"suites": per,
+                                  "speedup_refusal_suites": speedup([s.name for s in judged if s.judged]),
+                                  "speedup_whole_eval": speedup(list(per))}
     result["load_average_1m"] = {"min": round(min(load), 2), "max": round(max(load), 2)}
     table = Table(title=f"early exit off vs on, {args.samples} rows per suite, {torch.get_num_threads()} threads")
     for c in ("model", "suite", "s off", "s on", "x", "tokens off", "tokens on", "refusal", "same verdicts"):
@@ -194,8 +203,10 @@ def early_exit_bench(args, reg, base_model, tok, settings, suites, rows) -> None
     for name, m in result["models"].items():
         for suite, p in m["suites"].items():
             table.add_row(name, suite, f"{p['seconds_off']:.1f}", f"{p['seconds_on']:.1f}", f"{p['speedup']:.2f}",
-                          str(p["tokens_off"]), str(p["tokens_on"]), f"{p['refusal_rate']:.0%}",
-                          f"{p['identical_verdicts']}/{p['rows']}")
+                          str(p["tokens_off"]), str(p["tokens_on"]),
+                          f"{p['refusal_rate']:.0%}" if "refusal_rate" in p else "-",
+                          f"{p.get('identical_verdicts', p.get('identical_texts'))}/{p['rows']}")
+        table.add_row(name, "whole eval", "", "", f"{m['speedup_whole_eval']:.2f}", "", "", "", "")
     Console(width=160).print(table)
     write_result(result, args.out)
 

@@ -15,7 +15,7 @@ from sstm.data import register_rows
 from sstm.errors import SSTMError
 from sstm.evaluate import record
 from sstm.evaluate.config import EvalConfig
-from sstm.evaluate.judge import load_judge
+from sstm.evaluate.judge import DEFAULT_JUDGE, load_judge
 from sstm.evaluate.stage import evaluate, fold_lora
 from sstm.evaluate.suites import JUDGED_TOKENS, LETTERS, Settings, mmlu, mmlu_message, rouge_l
 from sstm.generate import (Generation, _decode_in_slots, _generation, _order, _Prefill, _Slots, encode_prompts, eos_ids,
@@ -380,7 +380,7 @@ def test_eval_artifact_format_and_cache_hit(reg, tiny_base, monkeypatch):
                      max_new_tokens=8, max_context_tokens=16, data=dict(data), device="cpu")
     arts = evaluate(reg, cfg)
     assert [a.params["suite"] for a in arts] == ["jailbreak", "repliqa", "overrefusal"]
-    judge = load_judge("opening-v1")  # the default
+    judge = load_judge(DEFAULT_JUDGE)
     for a, suite in zip(arts, ["jailbreak", "repliqa", "overrefusal"]):
         assert a.kind == "eval"
         assert a.inputs == {"model": tiny_base.id, "base": tiny_base.id, "data": data[suite].id}
@@ -396,7 +396,7 @@ def test_eval_artifact_format_and_cache_hit(reg, tiny_base, monkeypatch):
         assert a.params["batch_size"] == 4 and a.params["max_new_tokens"] == 8
     jb, rq, bn = arts
     assert set(jb.metrics) == {"jailbreak.refusal_rate"} and set(bn.metrics) == {"overrefusal.refusal_rate"}
-    assert jb.params["judge"] == "opening-v1" and jb.params["judge_sha256"] == judge.sha256
+    assert jb.params["judge"] == DEFAULT_JUDGE and jb.params["judge_sha256"] == judge.sha256
     assert rq.params["judge"] is None
     assert rq.params["max_context_tokens"] == jb.params["max_context_tokens"] == 16  # every suite's prompt budget
     for s in _samples(jb):
@@ -722,7 +722,7 @@ def test_cli_eval_options_fall_back_to_eval_config(home, tmp_path, monkeypatch):
     assert seen == [EvalConfig(model="abc123"),
                     EvalConfig(model="abc123", suites=("overrefusal",), judge="gcg", batch_size=3,
                                data={"overrefusal": str(f)})]
-    assert seen[0].judge == load_judge().name == "opening-v1"
+    assert seen[0].judge == load_judge().name == DEFAULT_JUDGE == "opening-v3"
     text = " ".join(runner.invoke(app, ["eval", "--help"]).output.split())
     for s in SUITES.values():
         assert s.data.option in text and s.name in text

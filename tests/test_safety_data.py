@@ -27,10 +27,10 @@ JUDGE = BUILTIN[DEFAULT_JUDGE]
 
 
 def test_every_refusal_opens_the_way_the_default_judge_reads():
-    """Each opener alone is a refusal for the (unchanged) default judge, and so is every composed refusal,
-    its opener inside the judge's window."""
-    assert DEFAULT_JUDGE == "opening-v1"
-    assert all(JUDGE.refused(o) and len(o) < OPENING_CHARS for o in rf.OPENERS)
+    """Each opener alone is a refusal for `opening-v1` (and so for the default `opening-v3`, which contains it),
+    and so is every composed refusal, its opener inside the judge's window."""
+    assert DEFAULT_JUDGE == "opening-v3"
+    assert all(JUDGE.verdicts(["x"], [o]) == [True] and len(o) < OPENING_CHARS for o in rf.OPENERS)
     rng = random.Random(0)
     for harm in rf.HARMS:
         for jailbreak in (False, True):

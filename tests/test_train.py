@@ -326,6 +326,8 @@ def test_cli_train_and_from_dir(home, tiny_model_dir, trained, tmp_path):
     assert second.exit_code == 0
     assert json.loads(first.stdout)["id"] == json.loads(second.stdout)["id"]
     assert "cache hit adapter" in second.stderr
+    third = runner.invoke(app, [a if a != "--quick" else "--preset=quick" for a in args])
+    assert third.exit_code == 0 and json.loads(third.stdout)["id"] == json.loads(first.stdout)["id"]
 
     _, arts = trained
     r = runner.invoke(app, ["train", "--role", "safety", "--model", str(tiny_model_dir), "--from-dir",
@@ -333,6 +335,10 @@ def test_cli_train_and_from_dir(home, tiny_model_dir, trained, tmp_path):
     assert r.exit_code == 0 and "adapter " in r.stdout
     r = runner.invoke(app, ["train", "--role", "safety", "--model", str(tiny_model_dir), "--from-dir", str(tmp_path)])
     assert r.exit_code == 2 and "no adapter_config.json" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["train", "--role", "safety", "--model", str(tiny_model_dir), "--preset", "huge"])
+    assert r.exit_code == 2 and "--preset huge" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["train", "--role", "safety", "--model", str(tiny_model_dir), "--quick", "--preset", "standard"])
+    assert r.exit_code == 2 and "--quick and --preset standard" in r.output
     r = runner.invoke(app, ["train", "--role", "safety", "--model", str(tiny_model_dir), "--batch-size", "0"])
     assert r.exit_code == 2 and "--batch-size 0" in r.output
     r = runner.invoke(app, ["train", "--role", "safety", "--model", str(tiny_model_dir), "--benign-fraction", "-0.1"])

@@ -44,15 +44,23 @@ def train_cmd(
     dpo_lr: Optional[float] = typer.Option(None, "--dpo-lr", help="DPO stage learning rate (default: --lr)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
-    quick: bool = typer.Option(False, "--quick", help="The training settings of `sstm run --quick` for options not given."),
+    quick: bool = typer.Option(False, "--quick", help="Same as --preset quick."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="quick or standard: the training settings `sstm run` uses at that preset, for options not given (the same adapter id as the run's)."),
     from_dir: Optional[Path] = typer.Option(None, "--from-dir", help="Register this existing PEFT LoRA adapter instead of training."),
     as_json: bool = typer.Option(False, "--json", help="Print the adapter record as JSON."),
 ) -> None:
     """Train a LoRA adapter (utility or safety) on the base model, or register one with --from-dir.
 
-    Options not given take the defaults of sstm.train.TrainConfig (with --quick: the quick preset's first).
+    Options not given take the preset's training settings (--preset / --quick), then the defaults of
+    sstm.train.TrainConfig.
     """
-    from sstm.presets import QUICK
+    from sstm.presets import PRESETS
+
+    if quick and preset not in (None, "quick"):
+        raise SSTMError(f"--quick and --preset {preset}: give one of them")
+    preset = "quick" if quick else preset
+    if preset is not None and preset not in PRESETS:
+        raise SSTMError(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
 
     reg = registry()
     if from_dir is not None:
@@ -67,8 +75,8 @@ def train_cmd(
                  "benign_fraction": benign_fraction, "direct_fraction": direct_fraction, "balance_harms": balance_harms,
                  "objective": objective, "beta": beta, "loss_type": loss_type, "dpo_lr": dpo_lr,
                  "device": device, "dtype": dtype}
-        preset = dict(QUICK.train) if quick else {}
-        art = train(reg, TrainConfig(role=role, **(preset | given(options))))
+        defaults = dict(PRESETS[preset].train) if preset else {}
+        art = train(reg, TrainConfig(role=role, **(defaults | given(options))))
     shown = rank0()
     if as_json:
         shown.print_json(data=_summary(art))

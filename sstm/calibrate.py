@@ -154,16 +154,19 @@ def interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, flo
     return float(ci.low), float(ci.high)
 
 
-def sequential(blocks: Iterable[tuple[int, int]], target: float, confidence: float = CONFIDENCE) -> tuple[int, int]:
+def sequential(blocks: Iterable[tuple[int, int]], target: float, confidence: float = CONFIDENCE,
+               early: bool = True) -> tuple[int, int]:
     """(k, n): refusals and prompts summed over the (refusals, prompts) `blocks` read, reading the next block
     only while the interval of k/n contains the target: stop once low >= target (reached: k/n >= target) or
-    high < target (not reached: k/n < target); else after the last block (reached iff k/n >= target)."""
+    high < target (not reached: k/n < target); else after the last block (reached iff k/n >= target).
+    `early=False`: the rule before sequential probes, every block read (`bench/bench_calibrate.py`)."""
     k = n = 0
     for refused, prompts in blocks:
         k, n = k + refused, n + prompts
-        low, high = interval(k, n, confidence)
-        if low >= target or high < target:
-            break
+        if early:
+            low, high = interval(k, n, confidence)
+            if low >= target or high < target:
+                break
     if n == 0:
         raise SSTMError("calibration: no calibration prompts to evaluate")
     return k, n
@@ -183,6 +186,7 @@ class CalibrateConfig:
     max_evals: int = MAX_EVALS
     rtol: float = W_RTOL
     confidence: float = CONFIDENCE  # of the interval that ends a probe early (1 > confidence > 0)
+    sequential: bool = True  # False: every probe reads all its prompts, then decides (the rule before; benches)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -272,7 +276,7 @@ def _calibrate_one(reg: Registry, cfg: CalibrateConfig, method: MergeMethod, con
                 n = int(ev.params["samples"])
                 yield round(float(ev.metrics[REFUSAL]) * n), n
 
-        k, n = sequential(read(), cfg.target, cfg.confidence)
+        k, n = sequential(read(), cfg.target, cfg.confidence, early=cfg.sequential)
         return Step(w, k / n, n, art.id, evals[-1].id, tuple(e.id for e in evals))
 
     found = search(probe, cfg.target, cfg.w_start, cfg.w_max, cfg.max_evals, cfg.rtol)
@@ -284,6 +288,8 @@ def _calibrate_one(reg: Registry, cfg: CalibrateConfig, method: MergeMethod, con
               "eval": {k: getattr(cfg.eval, k) for k in EVAL_SETTINGS},  # what `sstm verify --rebuild` replays
               "path": [{"w": s.w, "refusal": s.refusal, "n": s.n, "model": s.model, "eval": s.eval,
                         "evals": list(s.evals)} for s in found.path]}
+    if not cfg.sequential:  # recorded only when not the default, so the ids of sequential calibrations stay
+        record["sequential"] = False
 
     def build(out: Path) -> dict[str, float]:
         if fresh:  # the merge at the calibrated w, built again by its method (what a replay compares)

@@ -28,7 +28,6 @@ Output (table, JSON, CSV) is :mod:`sstm.render`, the plot :mod:`sstm.plot`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -38,9 +37,10 @@ from typing import Iterable, Sequence
 from sstm.errors import SSTMError
 from sstm.evaluate import record
 from sstm.evaluate.suites import SUITES, Metric, all_metrics
+from sstm.formatting import judge_text, layer_weights_text, num, w_text
 from sstm.merge import METHODS
 from sstm.merge.layer_weights import policy_name
-from sstm.registry import Artifact, Registry, canonical_json
+from sstm.registry import Artifact, Registry
 from sstm.stats import N_BOOT, SEED, interval, paired_diff, pareto_front
 from sstm.ui import warn
 
@@ -154,45 +154,21 @@ class Row:
         m = self.metrics.get(short)
         return m.value if m is not None and m.status == "ok" else None
 
+    def w_text(self) -> str | None:
+        """w as :func:`sstm.formatting.w_text` shows it: "0.75", or "2 (calibrated)" for a calibrated merge."""
+        return w_text(self.w, self.params.get(CALIBRATION))
+
     def setting(self, w: bool = True) -> str:
         """The method and its settings, e.g. "sst k=128 w=0.75" (without w: the sweep it belongs to), a calibrated
-        merge's w as :func:`w_text` writes it, layer weights other than the default policy as
-        :func:`layer_weights_text` writes them ("ℓ=uniform", "ℓ=custom:1a2b3c4d"), for every method."""
+        merge's w as :meth:`w_text` writes it, layer weights other than the default policy as
+        :func:`~sstm.formatting.layer_weights_text` writes them ("ℓ=uniform", "ℓ=custom:1a2b3c4d"), for every
+        method."""
         ell = layer_weights_text(self.params)
-        items = (("k", self.k), ("w", w_text(self) if w else None), ("d", self.density),
+        items = (("k", self.k), ("w", self.w_text() if w else None), ("d", self.density),
                  ("ℓ", None if ell == "default" else ell))
         method = METHODS.get(self.method)
         words = method.qualifiers(self.params) if method is not None and self.kind == "merged" else []
         return " ".join([self.method, *words] + [f"{key}={num(v)}" for key, v in items if v is not None])
-
-
-def num(v) -> str:
-    """A parameter value as shown: floats in %g (0.75, 1), the rest as text."""
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def w_text(row: Row) -> str | None:
-    """The safety weight as shown: "0.75"; a calibrated merge's (:mod:`sstm.calibrate`) says so, "2 (calibrated)"
-    or, when no w up to the search's cap reached the target, "1 (calibrated, target not reached)"."""
-    if row.w is None or CALIBRATION not in row.params:
-        return None if row.w is None else num(row.w)
-    return f"{num(row.w)} (calibrated{'' if row.params[CALIBRATION]['reached'] else ', target not reached'})"
-
-
-def layer_weights_text(params: dict) -> str | None:
-    """A merge's layer weights ℓ as shown (None: none recorded): the policy, "default" or "uniform", or for
-    other weights "custom:" and the first 8 hex digits of the SHA-256 of the recorded weights, so two
-    different custom ℓ are told apart."""
-    if "layer_weights" not in params:
-        return None
-    used = params["layer_weights"]
-    name = policy_name(used)
-    return name if name != "custom" else f"{name}:{hashlib.sha256(canonical_json(used).encode()).hexdigest()[:8]}"
-
-
-def judge_text(name: str | None, sha256: str | None) -> str | None:
-    """A judge as shown: its name and the first 8 hex digits of its phrase list's SHA-256."""
-    return None if name is None else f"{name}#{(sha256 or '?')[:8]}"
 
 
 # --------------------------------------------------------------------------- reading
@@ -424,7 +400,7 @@ def compare(reg: Registry, cfg: CompareConfig) -> list[Row]:
 
 def name_rows(rows: Sequence[Row]) -> None:
     """Each row's `name`: a merge's method label (:meth:`sstm.merge.method.MergeMethod.label`) with the settings
-    that differ between the rows of its method (w, k, density, ...; a calibrated w as :func:`w_text` writes
+    that differ between the rows of its method (w, k, density, ...; a calibrated w as :meth:`Row.w_text` writes
     it), so the rows of a sweep are told apart; other rows their method (base, utility, safety)."""
     by_method: dict[str, list[Row]] = {}
     for r in rows:
@@ -438,7 +414,7 @@ def name_rows(rows: Sequence[Row]) -> None:
         for r in group:
             r.name = method.label(r.params, tuple(k for k in keys if k != "w"))
             if "w" in keys and r.w is not None:
-                r.name += f" w={w_text(r)}"
+                r.name += f" w={r.w_text()}"
 
 
 def _average_seeds(rows: dict[str, Row], group: Sequence[str], seeds: Sequence[int]) -> None:

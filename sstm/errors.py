@@ -15,3 +15,14 @@ def read_text(path, who: str) -> str:
                         f"{e.start})") from None
     except OSError as e:
         raise SSTMError(f"{who} {path}: cannot read it ({e.strerror or e})") from None
+
+
+def read_yaml(path, who: str, kind: str = "YAML"):
+    """The YAML document (JSON is YAML too) of a user's file; one line naming `who` when it cannot be read or
+    parsed (`kind`: what the message calls the format), instead of a YAMLError traceback."""
+    import yaml
+
+    try:
+        return yaml.safe_load(read_text(path, who))
+    except yaml.YAMLError as e:
+        raise SSTMError(f"{who} {path}: not valid {kind} ({str(e).splitlines()[0]})") from None

@@ -51,9 +51,10 @@ from pathlib import Path
 
 from sstm import __version__, models  # models.base_of at call time (tests replace it)
 from sstm.adapters import CONFIG_FILE, WEIGHTS_FILE, module_type, read_deltas, write_lora
-from sstm.compare import CompareConfig, Row, compare, find_metric, num
+from sstm.compare import CompareConfig, Row, compare, find_metric
 from sstm.errors import SSTMError
 from sstm.evaluate.stage import fold_lora
+from sstm.formatting import num
 from sstm.storage import lora_at_rank, storage_format
 from sstm.outputs import creatable_dir, make_dir
 from sstm.provenance import git_state, public

@@ -101,16 +101,6 @@ STRUCTURES = {"full": Structure(lambda r: (r * r, r * r), _add_full),
               "kfac": Structure(lambda r: (2, r, r), _add_kfac)}
 
 
-def check_directions(k: int, rows: int) -> None:
-    """k GEVP directions need Fishers of at least k rows: F = (1/N)·Σ_i vec(G_i)·vec(G_i)ᵀ has rank <= N, so
-    beyond N the directions are ordered by the damping alone (docs/method.md §3). The one check of `sstm run`
-    (its plan) and `sstm merge|calibrate sst` (the CLI), against the Fisher rows asked for. (The library's
-    SSTConfig accepts more: the merge then cuts k per module to the directions the Fishers separate.)"""
-    if k > rows:
-        raise SSTMError(f"--k {k}: more directions than the {rows} Fisher rows per role can rank; use --k <= {rows} "
-                        f"or more Fisher rows (--samples; in `sstm run`: --fisher-samples)")
-
-
 def check_structure(structure: str) -> str:
     if structure not in STRUCTURES:
         raise SSTMError(f"--structure {structure}: expected {' or '.join(STRUCTURES)}")

@@ -20,14 +20,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sstm import search
+from sstm import search, search_report
 from sstm.adapters import CONFIG_FILE, register_adapter_dir
 from sstm.calibrate import CalibrateConfig, calibrate
-from sstm.compare import CompareConfig, Row, compare
+from sstm.compare import CALIBRATION, CompareConfig, Row, compare
 from sstm.data import safety_split, utility_split
 from sstm.errors import SSTMError
 from sstm.evaluate import EvalConfig, evaluate
-from sstm.fisher import check_directions
 from sstm.merge import METHODS, MergeMethod
 from sstm.models import EMBEDDED, resolve_base
 from sstm.presets import QUICK, STANDARD, Preset
@@ -138,9 +137,8 @@ class RunConfig:
             sst, scfg = merges[0]
             first = {n: getattr(scfg, n)[:1] for n in sst.sweeps}
             merges[1:1] = [(sst, replace(scfg, **first, **variant)) for variant in sst.controls]
-        for method, mcfg in merges:
-            if "k" in method.params:
-                check_directions(max(mcfg.k), mcfg.samples)
+        for _, mcfg in merges:
+            mcfg.check_request()  # e.g. SST's k against the Fisher rows, before any training
         evals = self._given(samples=self.eval_samples, suites=self.suites, judge=self.judge, device=self.device,
                             dtype=self.dtype)
         ev = EvalConfig(model=PENDING, **(dict(self.preset.eval) | evals))
@@ -185,14 +183,20 @@ def _fisher_data(reg: Registry, cfg: RunConfig, adapter: Artifact, role: str) ->
     return split(reg, "train", seed=cfg.seed).id
 
 
+def _merge_inputs(reg: Registry, cfg: RunConfig, method: MergeMethod, u: Artifact, s: Artifact) -> dict[str, Any]:
+    """A plan's merge config's adapters and, where the method has a data pass, each adapter's data."""
+    inputs = {"utility": u.id, "safety": s.id}
+    if method.needs:
+        inputs |= {"utility_data": _fisher_data(reg, cfg, u, "utility"),
+                   "safety_data": _fisher_data(reg, cfg, s, "safety")}
+    return inputs
+
+
 def _merges(reg: Registry, cfg: RunConfig, u: Artifact, s: Artifact) -> list[Artifact]:
     """Every merge of the plan: at its calibrated w (the default), or at each w of --w."""
     merged = []
     for i, (method, mcfg) in enumerate(cfg.plan.merges):
-        inputs = {"utility": u.id, "safety": s.id}
-        if method.needs:  # a data pass: each adapter's data
-            inputs |= {"utility_data": _fisher_data(reg, cfg, u, "utility"),
-                       "safety_data": _fisher_data(reg, cfg, s, "safety")}
+        inputs = _merge_inputs(reg, cfg, method, u, s)
         if cfg.plan.calibrations:
             ccfg = cfg.plan.calibrations[i]
             merged += [c.artifact for c in calibrate(reg, replace(ccfg, config=replace(mcfg, **inputs)))]
@@ -217,18 +221,26 @@ def run(reg: Registry, cfg: RunConfig) -> list[Row]:
     average = tuple(zip(*models)) if cfg.seeds else ()  # the same setting at each seed, position by position
     rows = compare(reg, CompareConfig(evals=tuple(dict.fromkeys(evals)), average=average, seeds=seeds))
     if cfg.search:
-        _search(reg, cfg, utility=models[0][1], safety=models[0][2])
+        _search(reg, cfg, models[0])
     return rows
 
 
-def _search(reg: Registry, cfg: RunConfig, utility: str, safety: str) -> None:
-    """`sstm search` on the run's adapters: the plan's methods, N trials each, the calibration's eval settings."""
+def _search(reg: Registry, cfg: RunConfig, models: tuple[str, ...]) -> None:
+    """`sstm search` on the run's adapters (`models`: the first seed's base, utility, safety, merges): the plan's
+    methods, N trials each, the calibration's eval settings; each method's trials start from its plan config (the
+    run's data-pass settings and data, so SST's trials reuse the run's Fishers), and the selection is compared
+    (paired Δ on the test rows) with the run's calibrated default merges (controls left out)."""
     calib = cfg.plan.calibrations[0].eval if cfg.plan.calibrations else replace(cfg.plan.eval, samples=None)
-    out = search.search(reg, search.SearchConfig(utility, safety, tuple(m.name for m, _ in cfg.plan.merges),
-                                                 trials=cfg.search, seed=cfg.seed, calib_samples=calib.samples,
-                                                 test_samples=cfg.plan.eval.samples,
-                                                 eval=replace(calib, samples=None)))
-    info(search.report_text(out))
+    u, s = reg.get(models[1]), reg.get(models[2])
+    base: dict[str, Any] = {}
+    for method, mcfg in cfg.plan.merges:  # the method's own config first; its controls follow it
+        base.setdefault(method.name, replace(mcfg, **_merge_inputs(reg, cfg, method, u, s)))
+    defaults = [m for m in models[3:] if CALIBRATION in (p := reg.get(m).params)
+                and not METHODS[p["method"]].control(p)]
+    out = search.search(reg, search.SearchConfig(u.id, s.id, tuple(base), trials=cfg.search, seed=cfg.seed,
+                                                 calib_samples=calib.samples, test_samples=cfg.plan.eval.samples,
+                                                 eval=replace(calib, samples=None), vs=tuple(defaults), base=base))
+    info(search_report.report_text(out))
 
 
 def _run_seed(reg: Registry, cfg: RunConfig, step: str) -> tuple[list[Artifact], list[Artifact]]:

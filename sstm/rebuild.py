@@ -37,6 +37,7 @@ from sstm.evaluate import EvalConfig, evaluate
 from sstm.fisher import FisherConfig, fisher
 from sstm.merge import get_method
 from sstm.registry import Artifact, Registry, RebuildMismatch, rebuilding, sha256_file
+from sstm.search import SEARCH, replay_selection
 from sstm.weight_stats import StatsConfig, weight_stats
 
 TOLERANCE = {"merged": 1e-5, "fisher": 1e-4, "eval": 1e-5}
@@ -104,7 +105,11 @@ def _fisher(reg: Registry, art: Artifact) -> None:
 @replayer("merged")
 def _merged(reg: Registry, art: Artifact) -> None:
     """Any method's merge from its recorded params (:meth:`sstm.merge.method.MergeMethod.config_from`); a
-    calibrated merge replays its search (every probe a cache hit) and builds the chosen point anew."""
+    calibrated merge replays its search (every probe a cache hit) and builds the chosen point anew; a searched
+    merge (`sstm search`) builds its selected point anew, not the optuna study (:func:`sstm.search.replay_selection`)."""
+    if SEARCH in art.params:
+        replay_selection(reg, art)
+        return
     method = get_method(art.params["method"])
     config = method.config_from(art.params, art.inputs)
     if CALIBRATION not in art.params:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from sstm import __version__
-from sstm.errors import SSTMError, read_text
+from sstm.errors import SSTMError, read_yaml
 from sstm.pipeline import SUBJECT, Plan, RunConfig
 from sstm.provenance import git_state
 from sstm.registry import write_whole
@@ -127,10 +127,7 @@ def _one(key: str, v: Any, kind: type, where: str) -> Any:
 def load(path: Path) -> dict[str, Any]:
     """The keys a recipe file sets, checked (an unknown key, a wrong type: one line naming it)."""
     path = Path(path).expanduser()
-    try:
-        data = yaml.safe_load(read_text(path, "--config"))
-    except yaml.YAMLError as e:
-        raise SSTMError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml(path, "--config")
     if data is None:
         return {}
     if not isinstance(data, dict):

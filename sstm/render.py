@@ -14,9 +14,9 @@ from rich.table import Table
 from rich.text import Text
 
 from sstm.compare import (MATCH_REFERENCE, OVERREFUSAL, PARETO, PARETO_X, PARETO_Y, REFUSAL, CompareConfig, Delta,
-                          Matched, MetricValue, Row, find_metric, layer_weights_text, matched_safety, num, protocol,
-                          w_text)
+                          Matched, MetricValue, Row, find_metric, matched_safety, protocol)
 from sstm.evaluate.suites import SUITES, Metric, all_metrics
+from sstm.formatting import layer_weights_text, num, p_text, signed
 from sstm.stats import ALPHA, LEVEL, POWER, detectable_difference
 
 
@@ -39,16 +39,6 @@ def metric_cell(m: MetricValue, delta: Delta | None = None, reference: bool = Fa
     return "\n".join(lines)
 
 
-def signed(x: float) -> str:
-    """A difference in percentage points with its sign: +3.1, −12.5."""
-    return f"{100 * x:+.1f}".replace("-", "−")
-
-
-def p_text(p: float) -> str:
-    """A p-value as shown after "p": "=0.04", "<0.001"."""
-    return "<0.001" if p < 0.001 else f"={p:.2g}"
-
-
 def _shown_metrics(rows: Sequence[Row]) -> list[Metric]:
     """The main metrics always; the RepliQA subsets when some row has them."""
     return [m for m in all_metrics() if m.subset is None or any(m.short in r.metrics for r in rows)]
@@ -69,7 +59,7 @@ def _eval_lines(row: Row, key: str) -> str:
 
 def _params_cell(row: Row) -> str:
     """The model's merge/train settings, one per line; '-' when it has none (base, adapters)."""
-    items = [("k", row.k), ("w", w_text(row)), ("density", row.density), ("ℓ", layer_weights_text(row.params)),
+    items = [("k", row.k), ("w", row.w_text()), ("density", row.density), ("ℓ", layer_weights_text(row.params)),
              ("fisher n", row.samples), ("seed", row.seed), ("seeds", ",".join(map(str, row.seeds)) or None)]
     return "\n".join(f"{k}={num(v)}" for k, v in items if v is not None) or "-"
 

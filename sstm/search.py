@@ -34,9 +34,10 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 from sstm.calibrate import (
     CONFIDENCE,
@@ -51,10 +52,10 @@ from sstm.data.utility import utility_split
 from sstm.errors import SSTMError
 from sstm.evaluate import EvalConfig, evaluate
 from sstm.evaluate.record import read_samples
-from sstm.merge import METHODS
+from sstm.merge import METHODS, get_method
 from sstm.merge.layer_weights import GROUPS, group_weights
 from sstm.merge.space import Range
-from sstm.registry import code_fingerprint
+from sstm.registry import RebuildMismatch, artifact_id, code_fingerprint
 from sstm.registry.files import link_or_copy
 from sstm.stats import pareto_front
 from sstm.ui import info
@@ -136,6 +137,11 @@ class SearchConfig:
     test: bool = True  # evaluate the selection (and the best TA trial) on the test split
     test_samples: int | None = None
     eval: Any = None  # EvalConfig of every eval (suites and data set here); None: its defaults
+    vs: tuple[str, ...] = ()  # merged model ids the selection is compared with on the test split (paired Δ)
+    # method -> the config its trials start from (the data pass's settings and data, the knobs not drawn; `sstm run
+    # --search`: the run's own); a trial replaces the adapters, w, ℓ, the seed and the drawn knobs. Default: the
+    # method's defaults (make_config)
+    base: dict[str, Any] = field(default_factory=dict)
     bounds: tuple[Bound, Bound] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -156,6 +162,12 @@ class SearchConfig:
                 raise SSTMError(f"{flag} {v}: must be at least 1")
         if self.eval is None:
             self.eval = EvalConfig(model="")
+        self.vs = tuple(dict.fromkeys(self.vs))
+        for m, config in self.base.items():
+            if m not in self.methods or not isinstance(config, METHODS[m].config):
+                raise SSTMError(f"search: the base config of {m} must be a {METHODS[m].config.__name__} of a "
+                                f"searched method ({', '.join(self.methods)})" if m in METHODS
+                                else f"search: base config of unknown merge method {m}")
 
     @property
     def timeout(self) -> float | None:
@@ -169,13 +181,20 @@ class SearchConfig:
                 "max_overrefusal": self.max_overrefusal, "seed": self.seed, "prune": self.prune,
                 "calib_samples": self.calib_samples,
                 "eval": {"judge": e.judge, "max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size,
-                         "max_context_tokens": e.max_context_tokens, "dtype": e.dtype}}
+                         "max_context_tokens": e.max_context_tokens, "dtype": e.dtype}} | (
+            {"base": {m: base_settings(c) for m, c in sorted(self.base.items())}} if self.base else {})
 
     def study_name(self) -> str:
         if self.study:
             return self.study
         digest = hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:12]
         return f"sstm-search-{digest}"
+
+
+def base_settings(config) -> dict:
+    """What a base config gives every trial (the study's key): its fields but the adapters and the device."""
+    settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in ("utility", "safety", "device")}
+    return json.loads(json.dumps(settings))  # as the storage gives it back (tuples as lists), so a resume matches
 
 
 def check_budget(trials: int | None, time_budget: float | None) -> None:
@@ -374,7 +393,7 @@ def open_storage(home: Path, storage: str | None):
     url = storage or f"sqlite:///{Path(home).resolve() / 'search.db'}"
     try:
         return optuna.storages.RDBStorage(url)
-    except Exception as e:  # sqlalchemy's errors for a bad URL, a missing driver, an unreachable server
+    except Exception as e:  # noqa: BLE001 -- sqlalchemy's errors for a bad URL, a missing driver, an unreachable server
         raise SSTMError(f"--storage {url}: {str(e).splitlines()[0] or type(e).__name__}") from None
 
 
@@ -415,7 +434,7 @@ def run_studies(name: str, storage: str, spaces_: dict[str, dict[str, Range]], s
         left = None if trials is None else trials - have
         if left is None or left > 0:
             info(f"search {method}: {have} trials done, running " + (f"{left} more" if left else f"{timeout:.0f} s"))
-            study.optimize(lambda t: objective(t, method, space, scorer, targets, prune),
+            study.optimize(lambda t, method=method, space=space: objective(t, method, space, scorer, targets, prune),
                            n_trials=left, timeout=timeout, gc_after_trial=False,
                            callbacks=[MaxTrialsCallback(trials, states=done_states)] if trials else None)
         for t in study.get_trials(deepcopy=False, states=done_states):
@@ -458,11 +477,18 @@ class RegistryScorer:
         return self._blocks[suite]
 
     def merge(self, method: str, params: dict) -> str:
+        """The trial's merge: the method's base config (``SearchConfig.base``; else its defaults) with the drawn
+        w, ℓ and knobs."""
         m = METHODS[method]
         settings = merge_settings(method, params)
         w, lw = settings.pop("w"), settings.pop("layer_weights")
-        config = m.make_config(self.cfg.utility, self.cfg.safety, w=w, seed=self.cfg.seed if m.seeded else None,
-                               layer_weights=lw, **settings)
+        seed = self.cfg.seed if m.seeded else None
+        base = self.cfg.base.get(method)
+        if base is None:
+            config = m.make_config(self.cfg.utility, self.cfg.safety, w=w, seed=seed, layer_weights=lw, **settings)
+        else:  # dataclasses.replace runs the config's checks again
+            config = replace(base, utility=self.cfg.utility, safety=self.cfg.safety, w=w, seed=seed,
+                             **({"layer_weights": lw} if lw is not None else {}), **settings)
         (art,) = m.merge(self.reg, config)
         return art.id
 
@@ -496,8 +522,9 @@ class Outcome:
     result: SearchResult
     constraints: dict  # resolved: min_refusal, max_overrefusal, and the references used
     artifact: Any = None  # the registered selection (a `merged` artifact)
-    test: dict = field(default_factory=dict)  # test-split metrics of the selection / the best TA trial
+    test: dict = field(default_factory=dict)  # test-split metrics: selected, best_ta, vs: {id: metrics | label}
     deltas: dict = field(default_factory=dict)  # metric -> (Δ, lo, hi, n, p) selection − best TA, test split
+    vs_deltas: dict = field(default_factory=dict)  # --vs id -> {metric -> (Δ, lo, hi, n, p)} selection − it
     ta: TrialRecord | None = None
 
 
@@ -519,47 +546,90 @@ def register_selection(reg, cfg: SearchConfig, result: SearchResult, resolved: d
     """The selected trial's merge registered again with the search record (param ``search``) and input
     ``searched`` (the trial's merge): `sstm show` tells how it was chosen."""
     sel = result.selected
-    point = reg.get(sel.model)
     record = {"study": result.study, "constraints": resolved, "feasible": result.feasible,
               "selected": sel.brief(), "methods": list(cfg.methods), "prune": cfg.prune,
               "trials": len(result.trials), "pruned": len(result.pruned),
               "path": [t.brief() for t in result.trials]}
+    return _register(reg, reg.get(sel.model), record)
+
+
+def _register(reg, point, record: dict, fresh: bool = False):
+    """The `merged` artifact of a selection: params = the point's + {search: record}, inputs = the point's +
+    {searched: the point}; its files are the point's (hard links), or with `fresh` (a replay) the point built
+    again by its method from the recorded params (:meth:`sstm.merge.method.MergeMethod.config_from`)."""
+    sel = record["selected"]
+    params = {k: v for k, v in point.params.items() if k != SEARCH}
+    inputs = {k: v for k, v in point.inputs.items() if k != "searched"}
 
     def build(out: Path) -> dict:
-        shutil.copytree(point.path, out, copy_function=link_or_copy, dirs_exist_ok=True)
-        return dict(point.metrics) | {"search_refusal": sel.refusal, "search_overrefusal": sel.overrefusal,
-                                      "search_rouge_l": sel.rouge_l}
+        if fresh:
+            method = get_method(params["method"])
+            (planned,) = method.plan(reg, method.config_from(params, inputs))
+            ids = {role: getattr(a, "id", a) for role, a in planned.inputs.items()}
+            rebuilt = artifact_id("merged", planned.params, ids, planned.code)
+            if rebuilt != point.id:  # the point's code or library versions changed since
+                raise RebuildMismatch("merged", rebuilt)
+            metrics = planned.build(out)
+        else:
+            shutil.copytree(point.path, out, copy_function=link_or_copy, dirs_exist_ok=True)
+            metrics = point.metrics
+        return dict(metrics) | {"search_refusal": sel["refusal"], "search_overrefusal": sel["overrefusal"],
+                                "search_rouge_l": sel["rouge_l"]}
 
-    return reg.get_or_build("merged", point.params | {SEARCH: record}, point.inputs | {"searched": point.id},
+    return reg.get_or_build("merged", params | {SEARCH: record}, inputs | {"searched": point.id},
                             code_fingerprint(__name__), build, label=f"{point.label} searched".strip())
 
 
+def replay_selection(reg, art) -> None:
+    """`sstm verify --rebuild` of a searched merge: its point (the `searched` input: method, params and inputs)
+    built again by its method, then the selection's registration around it; inside
+    :func:`sstm.registry.rebuilding` the selection's get_or_build builds into a temporary directory.
+
+    The optuna study itself is not replayed: which points TPE draws depends on the trials already in the
+    storage, and with shared storage on process timing, so a replay checks the chosen merge, not the choice."""
+    point = reg.get(art.inputs["searched"], kind="merged", check=False)  # its files are the selection's (links)
+    _register(reg, point, art.params[SEARCH], fresh=True)
+
+
 TEST_SUITES = ("jailbreak", "repliqa", "overrefusal")
-SHORT = {"jailbreak": "jailbreak", "rouge_l": "rouge_l", "overrefusal": "overrefusal"}
+SHORT = ("jailbreak", "rouge_l", "overrefusal")
 
 
-def _test(reg, cfg: SearchConfig, selected, ta_model: str | None, out: Outcome) -> None:
-    """The selection (and the best TA trial) on the test split, once; paired Δ selection − TA."""
+def _test(reg, cfg: SearchConfig, selected, ta_model: str | None, vs: list, out: Outcome) -> None:
+    """The selection, the best TA trial and the --vs models on the same test rows (the selection's evals once;
+    the others' cache hits when already evaluated with these settings); paired Δ selection − each."""
     ev = replace(cfg.eval, suites=TEST_SUITES, samples=cfg.test_samples, data={})
-    ids = [e.id for e in evaluate(reg, replace(ev, model=selected))]
-    if ta_model is not None:
-        ids += [e.id for e in evaluate(reg, replace(ev, model=reg.get(ta_model)))]
-    rows = {r.model_id: r for r in compare(reg, CompareConfig(evals=tuple(ids)))}
+    others = ([reg.get(ta_model)] if ta_model is not None else []) + [v for v in vs if v.id != selected.id]
+    ids = [e.id for m in [selected, *others] for e in evaluate(reg, replace(ev, model=m))]
+    rows = {r.model_id: r for r in compare(reg, CompareConfig(evals=tuple(dict.fromkeys(ids))))}
     sel_row = rows[selected.id]
     out.test["selected"] = {s: sel_row.value(s) for s in SHORT}
+
+    def deltas(ref) -> dict:
+        found = {s: paired_delta(sel_row, ref, s, CompareConfig()) for s in SHORT}
+        return {s: asdict(d) for s, d in found.items() if d is not None}
+
     if ta_model is not None and ta_model in rows:
-        ta_row = rows[ta_model]
-        out.test["best_ta"] = {s: ta_row.value(s) for s in SHORT}
-        for s in SHORT:
-            d = paired_delta(sel_row, ta_row, s, CompareConfig())
-            if d is not None:
-                out.deltas[s] = asdict(d)
+        out.test["best_ta"] = {s: rows[ta_model].value(s) for s in SHORT}
+        out.deltas = deltas(rows[ta_model])
+    for v in others[1 if ta_model is not None else 0:]:
+        if v.id in rows:
+            out.test.setdefault("vs", {})[v.id] = {s: rows[v.id].value(s) for s in SHORT} | {"label": v.label}
+            out.vs_deltas[v.id] = deltas(rows[v.id])
+
+
+def _vs(reg, ref: str):
+    try:
+        return reg.get(ref, kind="merged")
+    except SSTMError as e:
+        raise SSTMError(f"--vs {ref}: {e}") from None
 
 
 def search(reg, cfg: SearchConfig) -> Outcome:
     """Resolve the constraints, run (or continue) the studies, register the selection, test it once."""
     cfg = replace(cfg, utility=reg.get(cfg.utility, kind="adapter").id, safety=reg.get(cfg.safety, kind="adapter").id)
     storage = open_storage(reg.home, cfg.storage)
+    vs = [_vs(reg, v) for v in cfg.vs]  # a bad --vs is one line before any work
     scorer = RegistryScorer(reg, cfg)
     resolved = resolve_targets(scorer, cfg)
     info(f"constraints: refusal >= {resolved['min_refusal']:.3f} ({cfg.bounds[0].describe(resolved.get('safety_refusal'))}), "
@@ -576,120 +646,10 @@ def search(reg, cfg: SearchConfig) -> Outcome:
         out.ta = result.best("ta")
     if cfg.test:
         ta_model = out.ta.model if out.ta is not None and out.ta.model != result.selected.model else None
-        _test(reg, cfg, out.artifact, ta_model, out)
+        _test(reg, cfg, out.artifact, ta_model, vs, out)
     return out
 
 
-# --------------------------------------------------------------------------- output
-
-
-def summary_json(out: Outcome) -> dict:
-    r = out.result
-    sel = r.selected
-    return {"study": r.study, "constraints": out.constraints, "trials": len(r.trials), "pruned": len(r.pruned),
-            "prompts": sum(t.prompts for t in r.trials), "seconds": round(r.seconds, 1),
-            "feasible": [t.brief() for t in r.complete if t.feasible],
-            "pareto": [t.brief() for t, p in zip(r.complete, r.pareto) if p],
-            "selected": None if sel is None else sel.brief() | {"feasible": r.feasible,
-                                                                "artifact": out.artifact.id if out.artifact else None},
-            "best_ta": None if out.ta is None else out.ta.brief(),
-            "test": out.test, "delta_vs_best_ta": out.deltas}
-
-
-def describe_selection(out: Outcome) -> str:
-    r, sel = out.result, out.result.selected
-    if sel is None:
-        return "no trial finished in full (all pruned): nothing selected; run more trials or relax the constraints"
-    where = f"{sel.method} trial {sel.number}: refusal {sel.refusal:.3f}, over-refusal {sel.overrefusal:.3f}, " \
-            f"ROUGE-L {sel.rouge_l:.3f} on calibration"
-    if r.feasible:
-        return f"selected {where} (highest ROUGE-L of {sum(t.feasible for t in r.complete)} feasible trials)"
-    return (f"NO trial meets the constraints; selected the closest, {where} (total violation {sel.violation:.3f}: "
-            f"refusal short by {max(sel.constraints[0], 0):.3f}, over-refusal above by {max(sel.constraints[1], 0):.3f})")
-
-
-def report_text(out: Outcome) -> str:
-    """The lines under the table: constraints, budget spent, the selection, its calibration vs test numbers and
-    the paired Δ against the best task-arithmetic trial."""
-    r, c = out.result, out.constraints
-    lines = [f"constraints (resolved): refusal >= {c['min_refusal']:.3f}, over-refusal <= {c['max_overrefusal']:.3f}"
-             + "".join(f"; {k.replace('_', ' ')} = {v:.3f}" for k, v in c.items() if k not in
-                       ("min_refusal", "max_overrefusal")),
-             f"{len(r.trials)} trials ({len(r.pruned)} pruned), {sum(t.prompts for t in r.trials)} prompt evaluations, "
-             f"{r.seconds:.0f} s", describe_selection(out)]
-    if out.artifact is not None:
-        lines.append(f"registered {out.artifact.short} {out.artifact.label} (`sstm show {out.artifact.short}`)")
-    if "selected" in out.test:
-        sel, test = r.selected, out.test["selected"]
-        lines.append("selected, calibration -> test: " + ", ".join(
-            f"{name} {cal:.3f} -> {'n/a' if test[s] is None else f'{test[s]:.3f}'}"
-            for name, s, cal in (("refusal", "jailbreak", sel.refusal), ("over-refusal", "overrefusal", sel.overrefusal),
-                                 ("ROUGE-L", "rouge_l", sel.rouge_l))))
-    if out.deltas and out.ta is not None:
-        lines.append(f"paired Δ on the test split, selection − best TA trial ({out.ta.number}): " + ", ".join(
-            f"{s} {d['value']:+.3f}" + ("" if d["lo"] is None else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]")
-            + ("" if d["p"] is None else f" p={d['p']:.2g}") for s, d in out.deltas.items()))
-    elif out.ta is not None and out.ta.model == (r.selected.model if r.selected else None):
-        lines.append("the selection is the best TA trial: no paired Δ")
-    return "\n".join(lines)
-
-
-def table(out: Outcome):
-    """Rich table of the feasible trials and the Pareto front on calibration."""
-    from rich.table import Table
-
-    r = out.result
-    t = Table("method", "#", "refusal", "over-ref", "ROUGE-L", "feas.", "front", "knobs (ℓ: lm_head/attention/mlp)",
-              title=f"search {r.study}: feasible trials and the Pareto front on calibration (*: selected)")
-    for rec, front in zip(r.complete, r.pareto):
-        if not (rec.feasible or front):
-            continue
-        mark = " *" if rec is r.selected else ""
-        t.add_row(rec.method + mark, str(rec.number), f"{rec.refusal:.3f}", f"{rec.overrefusal:.3f}",
-                  f"{rec.rouge_l:.3f}", "yes" if rec.feasible else "no", "yes" if front else "", knobs(rec.params))
-    return t
-
-
-def knobs(params: dict) -> str:
-    """A trial's drawn values in brief: "w=2.49 density=0.3 ℓ=1.2/0.42/0.73"."""
-    def fmt(v):
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    groups = [fmt(params[f"lw_{g}"]) for g in GROUPS if f"lw_{g}" in params]
-    own = [f"{k}={fmt(v)}" for k, v in params.items() if not k.startswith("lw_")]
-    return " ".join(own + ([f"ℓ={'/'.join(groups)}"] if groups else []))
-
-
-def plot(out: Outcome, path: Path) -> Path:
-    """Two panels over ROUGE-L: refusal (line: the minimum) and over-refusal (line: the maximum); one colour
-    per method (trials scored in full), the selection circled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    r = out.result
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for (ax, key, label), line in zip(((axes[0], "refusal", "jailbreak refusal (calib)"),
-                                       (axes[1], "overrefusal", "over-refusal (calib)")), r.targets):
-        for i, method in enumerate(dict.fromkeys(t.method for t in r.trials)):
-            done = [t for t in r.complete if t.method == method]
-            ax.scatter([t.rouge_l for t in done], [getattr(t, key) for t in done], color=colours[i % len(colours)],
-                       label=method, s=24)
-        if r.selected is not None:
-            ax.scatter([r.selected.rouge_l], [getattr(r.selected, key)], s=160, facecolors="none",
-                       edgecolors="black", label="selected")
-        ax.axhline(line, color="red", linestyle="--", linewidth=1, label="constraint")
-        ax.set_xlabel("ROUGE-L (calib)")
-        ax.set_ylabel(label)
-        ax.set_ylim(-0.03, 1.03)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-__all__ = ["Bound", "Outcome", "Score", "SearchConfig", "SearchResult", "TrialRecord", "merge_settings",
-           "method_space", "parse_bound", "plot", "run_studies", "search", "select", "spaces", "summary_json"]
+__all__ = ["SEARCH", "Bound", "Outcome", "Score", "SearchConfig", "SearchResult", "TrialRecord", "merge_settings",
+           "method_space", "parse_bound", "register_selection", "replay_selection", "run_studies", "search", "select",
+           "spaces"]

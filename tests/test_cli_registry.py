@@ -236,7 +236,7 @@ def run_read_only(home: Path, commands: list[list[str]]) -> list[tuple[int, str]
             return [(r.exit_code, r.output) for r in (invoke(*cmd) for cmd in commands)]
         finally:
             home.chmod(0o755)
-    script = f'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$1" -c "$2" "$3"'
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$1" -c "$2" "$3"'
     proc = subprocess.run(["unshare", "-m", "sh", "-c", script, str(home), sys.executable, READ_ONLY_RUNNER,
                            json.dumps(commands)], capture_output=True, text=True,
                           env=dict(os.environ, SSTM_HOME=str(home)))

@@ -712,3 +712,25 @@ def test_layer_weights_in_every_label(reg):
     assert len(compare(reg, CompareConfig(where=("layer_weights=custom",)))) == 6
     text = table_text(rows)
     assert "ℓ=default" in text and f"ℓ=custom:{sha8['a']}" in text and f"ℓ=custom:{sha8['b']}" in text
+
+
+def test_formatting_helpers():
+    """sstm.formatting, the text of the compare rows and tables: values, w, ℓ, judges, differences, p."""
+    import hashlib
+
+    from sstm.formatting import judge_text, layer_weights_text, num, p_text, signed, w_text
+    from sstm.merge.layer_weights import load_layer_weights
+    from sstm.registry import canonical_json
+
+    assert (num(0.75), num(1.0), num(128), num("x")) == ("0.75", "1", "128", "x")
+    assert (w_text(None), w_text(0.5), w_text(2.0, {"reached": True}), w_text(1.0, {"reached": False})) == (
+        None, "0.5", "2 (calibrated)", "1 (calibrated, target not reached)")
+    custom = load_layer_weights({"q_proj": 3.0})
+    assert layer_weights_text({}) is None
+    assert layer_weights_text({"layer_weights": load_layer_weights("uniform")}) == "uniform"
+    assert layer_weights_text({"layer_weights": load_layer_weights(None)}) == "default"
+    assert layer_weights_text({"layer_weights": custom}) == (
+        "custom:" + hashlib.sha256(canonical_json(custom).encode()).hexdigest()[:8])
+    assert (judge_text(None, "ab"), judge_text("gcg", "0123456789ab"), judge_text("gcg", None)) == (
+        None, "gcg#01234567", "gcg#?")
+    assert (signed(0.031), signed(-0.125), p_text(0.0004), p_text(0.0412)) == ("+3.1", "−12.5", "<0.001", "=0.041")

@@ -165,6 +165,21 @@ def test_sst_config_validates_and_normalises_itself():
             SSTConfig("u", "s", **bad)
 
 
+def test_sst_k_against_fisher_rows_checked_in_one_place():
+    """SSTConfig.check_request is the one check of k against the Fisher rows: the library call, `sstm merge sst`
+    and `sstm calibrate sst` all say the same line, naming k and the maximum."""
+    SSTConfig("u", "s", k=[3, 4], samples=4).check_request()  # k = the rows: fine
+    METHODS["ta"].make_config("u", "s").check_request()  # a method without such a limit: nothing to check
+    with pytest.raises(SSTMError, match=r"^--k 8: more directions than the 4 Fisher rows per role can rank; "
+                                        r"use --k <= 4 "):
+        SSTConfig("u", "s", k=[3, 8], samples=4).check_request()
+    for command in (["merge", "sst"], ["calibrate", "sst"]):  # refused before any adapter is looked up
+        res = CliRunner().invoke(app, [*command, "--utility", "nope", "--safety", "nope", "--k", "3,8",
+                                       "--samples", "4"])
+        assert res.exit_code == 2 and "--k 8: more directions than the 4 Fisher rows" in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("text, message", [("q_proj: -1\n", "must be a number >= 0"), ("- 1\n- 2\n", "expected a mapping"),
                                            ("q_proj: [1\n", "not valid JSON/YAML")])
 def test_bad_layer_weights(tmp_path, text, message):

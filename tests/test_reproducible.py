@@ -114,7 +114,7 @@ def test_tied_spectrum_merge_is_identical_across_drivers_and_threads(reg, pair, 
     assert all(d["k_effective"] <= ROWS for d in diag["modules"].values())
     assert diag["k"] == K and diag["k_effective"]["max"] <= ROWS and diag["k_effective"]["capped_modules"] == n_modules
     assert art.metrics["k_capped_modules"] == n_modules and art.metrics["k_effective_max"] <= ROWS
-    # the CLI refuses k beyond the Fisher rows up front (sstm.fisher.check_directions); the library cuts it
+    # the CLI refuses k beyond the Fisher rows up front (SSTConfig.check_request); the library cuts it
     res = CliRunner().invoke(app, ["merge", "sst", "--utility", u.short, "--safety", s.short, "--k", str(K), "--w", "1",
                                    "--samples", str(ROWS), "--batch-size", "2", "--max-len", "256", "--dtype", "float64"])
     assert res.exit_code == 2 and f"--k {K}: more directions than the {ROWS} Fisher rows" in res.output, res.output

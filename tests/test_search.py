@@ -2,7 +2,9 @@
 pruning), the constraint and budget checks, the utility calibration split, and one real search on the tiny model."""
 
 import json
+import os
 
+import optuna
 import pytest
 from adapters import make_adapter
 from typer.testing import CliRunner
@@ -10,10 +12,22 @@ from typer.testing import CliRunner
 from sstm.cli import app
 from sstm.data.utility import utility_rows
 from sstm.errors import SSTMError
+from sstm.evaluate import EvalConfig, evaluate
 from sstm.merge import METHODS
 from sstm.merge.space import Range
-from sstm.search import (Score, SearchConfig, TrialRecord, merge_settings, method_space, parse_bound, run_studies,
-                         select, spaces)
+from sstm.registry import Registry
+from sstm.search import (
+    TEST_SUITES,
+    Score,
+    SearchConfig,
+    TrialRecord,
+    merge_settings,
+    method_space,
+    parse_bound,
+    run_studies,
+    select,
+    spaces,
+)
 
 N_FULL = 100
 
@@ -133,9 +147,9 @@ def test_constraints_and_budgets_are_checked():
             parse_bound(flag, text, ref)
     with pytest.raises(SSTMError, match="resolves to 1.1"):
         parse_bound("--min-refusal", "safety+0.2", "safety").resolve(0.9)
-    for bad, msg in ((dict(trials=0), "--trials 0"), (dict(trials=2, time_budget=1.0), "choose one"),
-                     (dict(time_budget=-1.0), "--time-budget"), (dict(methods=("nope",)), "--methods nope"),
-                     (dict(calib_samples=0), "--calib-samples 0")):
+    for bad, msg in (({"trials": 0}, "--trials 0"), ({"trials": 2, "time_budget": 1.0}, "choose one"),
+                     ({"time_budget": -1.0}, "--time-budget"), ({"methods": ("nope",)}, "--methods nope"),
+                     ({"calib_samples": 0}, "--calib-samples 0")):
         with pytest.raises(SSTMError, match=msg):
             SearchConfig("u", "s", **bad)
     assert SearchConfig("u", "s").trials == 20 and SearchConfig("u", "s", time_budget=4.0).timeout == 60.0
@@ -173,6 +187,9 @@ def test_cli_bad_input_is_one_line_exit_2(reg, tiny_base):
     u = make_adapter(reg, tiny_base, "utility", rank=2, seed=0)
     res = runner.invoke(app, ["search", "--utility", u.short, "--safety", u.short, "--storage", "nosuchdb://x/y"])
     assert res.exit_code == 2 and "--storage nosuchdb://x/y" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["search", "--utility", u.short, "--safety", u.short, "--vs", u.short])
+    assert res.exit_code == 2 and f"--vs {u.short}: artifact {u.short} is a adapter, expected merged" in res.output
+    assert len(res.output.strip().splitlines()) == 1
     res = runner.invoke(app, ["run", "--quick", "--search", "0", "--print-config"])
     assert res.exit_code == 2 and "--search 0" in res.output
     res = runner.invoke(app, ["run", "--quick", "--search", "3", "--print-config"])
@@ -207,3 +224,88 @@ def test_search_end_to_end_on_the_tiny_model(reg, tiny_base, tmp_path):
     assert len(reg.list("eval")) == n_evals and len(reg.list("merged")) == n_merged
     shown = runner.invoke(app, ["show", art.short, "--json"])
     assert shown.exit_code == 0 and json.loads(shown.output)["params"]["search"]["path"] == record["path"]
+
+
+def test_searched_merge_is_rebuilt_and_paired_with_vs(reg, tiny_base):
+    """`--vs`: a merge evaluated on the selection's test rows (a cache hit: evaluated beforehand with the same
+    settings), paired Δ = the difference of the two test means on the same rows; `verify --rebuild` of the
+    selection rebuilds its point and reproduces it, and a damaged selected file is reported as differing."""
+    u = make_adapter(reg, tiny_base, "utility", rank=2, seed=0)
+    s = make_adapter(reg, tiny_base, "safety", rank=2, seed=1)
+    (vs,) = METHODS["ta"].merge(reg, METHODS["ta"].make_config(u.id, s.id, w=1.0))
+    pre = {e.id for e in evaluate(reg, EvalConfig(model=vs.id, suites=TEST_SUITES, samples=4, max_new_tokens=2,
+                                                  max_context_tokens=500))}
+    args = ["search", "--utility", u.short, "--safety", s.short, "--methods", "ta", "--trials", "1",
+            "--min-refusal", "0", "--max-overrefusal", "1", "--calib-samples", "2", "--test-samples", "4",
+            "--max-new-tokens", "2", "--max-context-tokens", "500", "--vs", vs.short]
+    runner = CliRunner()
+    res = runner.invoke(app, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    assert {e.id for e in reg.list("eval") if e.inputs["model"] == vs.id} == pre  # its test evals: cache hits
+    sel, ref, deltas = out["test"]["selected"], out["test"]["vs"][vs.id], out["delta_vs"][vs.id]
+    assert set(deltas) == {"jailbreak", "rouge_l", "overrefusal"} and ref["label"] == vs.label
+    for metric, d in deltas.items():  # the same 4 rows each: Δ of the means = the mean paired difference
+        assert d["n"] == 4 and d["value"] == pytest.approx(sel[metric] - ref[metric], abs=1e-9)
+        assert d["lo"] - 1e-9 <= d["value"] <= d["hi"] + 1e-9
+    text = runner.invoke(app, args)  # the same study, the text output
+    assert text.exit_code == 0 and f"selection − {vs.id[:12]} {vs.label}:" in text.output, text.output
+
+    art = reg.get(out["selected"]["artifact"])
+    assert art.inputs["searched"] == out["selected"]["model"] != art.id
+    res = runner.invoke(app, ["verify", "--rebuild", art.short])
+    assert res.exit_code == 0 and res.stdout.startswith(f"reproduced: merged {art.short}"), res.output
+    n_merged = len(reg.list("merged"))
+
+    from safetensors.torch import load_file, save_file
+
+    weights = art.path / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    key = min(k for k in tensors if "lora_B" in k)
+    tensors[key] = tensors[key] * 1.001
+    os.chmod(weights, 0o644)
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    res = runner.invoke(app, ["verify", "--rebuild", art.short, "--json"])
+    assert res.exit_code == 1, res.output
+    report = json.loads(res.stdout)
+    module = key.removeprefix("base_model.model.").removesuffix(".lora_B.weight")
+    assert report["status"] == "differs" and ("adapter_model.safetensors", module) in [
+        (d["file"], d["item"]) for d in report["differences"]]
+    assert len(reg.list("merged")) == n_merged  # a rebuild registers nothing
+
+
+def test_run_search_uses_the_runs_fishers_and_compares_with_its_calibrated_merges(home, tiny_model_dir, monkeypatch):
+    """`sstm run --search 1`: each method's trials start from the run's config, so SST's trials merge with the
+    run's two Fishers (4 rows of 256 tokens, not the default 128 of 512: no other Fisher is built), and the selection is paired with the run's calibrated merges."""
+    import sstm.search
+    from sstm.models import resolve_base
+    from sstm.pass_settings import MAX_LEN, SAMPLES
+
+    # the tiny model refuses nothing: under the default constraints every trial is pruned and nothing selected
+    monkeypatch.setattr(sstm.search, "SearchConfig", lambda *a, **kw: SearchConfig(
+        *a, min_refusal="0", max_overrefusal="1", **kw))
+
+    reg = Registry(home)
+    base = resolve_base(reg, str(tiny_model_dir))
+    u = make_adapter(reg, base, "utility", rank=2, seed=0)
+    s = make_adapter(reg, base, "safety", rank=2, seed=1)
+    args = ["run", "--model", str(tiny_model_dir), "--quick", "--skip-training", "--utility-adapter", u.id,
+            "--safety-adapter", s.id, "--fisher-samples", "4", "--eval-samples", "4", "--k", "4", "--baselines", "ta",
+            "--no-controls", "--search", "1"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    reg = Registry(home)
+    fishers = {f.params["role"]: f for f in reg.list("fisher")}
+    assert len(reg.list("fisher")) == 2 and {(f.params["samples"], f.params["max_len"]) for f in fishers.values()} == {
+        (4, 256)} and (SAMPLES, MAX_LEN) != (4, 256)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{home.resolve() / 'search.db'}")
+    (name,) = {n.rsplit(":", 1)[0] for n in optuna.get_all_study_names(storage)}
+    trials = optuna.load_study(study_name=f"{name}:sst", storage=storage).get_trials()
+    assert len(trials) == 1
+    trial = reg.get(trials[0].user_attrs["model"])
+    (calibrated,) = [a for a in reg.list("merged") if "calibration" in a.params and a.params["method"] == "sst"]
+    for key in ("fisher_utility", "fisher_safety"):
+        assert trial.inputs[key] == calibrated.inputs[key] == fishers[key.split("_")[1]].id
+    (ta_cal,) = [a for a in reg.list("merged") if "calibration" in a.params and a.params["method"] == "ta"]
+    for cal in (calibrated, ta_cal):  # the run's calibrated default merges, paired with the selection
+        assert f"selection − {cal.id[:12]} {cal.label}:" in res.stderr, res.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -119,6 +119,17 @@ def _csv_list(text: str, cast, flag: str) -> list:
         raise SSTMError(f"{flag} {text}: {bad[0]} is not a finite number")
     return values
 
+
+# --------------------------------------------------------------------------- options shared by several commands
+# One declaration each, in Typer's Annotated form (``judge: JudgeOption = None``), so that an option reads the same
+# in every command that takes it; None: the stage's default.
+JudgeOption = Annotated[Optional[str], typer.Option("--judge", help="Refusal judge (see `sstm eval --help`).")]
+MaxNewTokensOption = Annotated[Optional[int], typer.Option("--max-new-tokens", help="Tokens generated per prompt.")]
+MaxContextTokensOption = Annotated[Optional[int], typer.Option(
+    "--max-context-tokens", help="Token budget of every prompt, of repliqa documents and of the jailbreak templates "
+    "(see `sstm eval --help`).")]
+ParetoPlotOption = Annotated[Optional[Path], typer.Option(
+    "--plot", help="Also write the safety-utility Pareto plot (PNG).")]
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -11,13 +11,14 @@ from rich.table import Table
 from sstm.evaluate.config import EvalConfig
 
 
-from sstm.cli.core import _csv_list, app, command, given, rank0, registry
+from sstm.cli.core import (JudgeOption, MaxContextTokensOption, MaxNewTokensOption, _csv_list, app, command, given,
+                           rank0, registry)
 
 # --------------------------------------------------------------------------- fisher / merge
 
 
 def _print_merged(arts: list) -> None:
-    from sstm.compare import layer_weights_text
+    from sstm.formatting import layer_weights_text
 
     table = Table("id", "method", "k", "w", "ℓ", "params", "format", "strength", "norm kept")
     for a in arts:
@@ -69,39 +70,41 @@ merge_app = typer.Typer(help="Merge a utility and a safety adapter into one LoRA
 app.add_typer(merge_app, name="merge")
 
 
-def _method_command(target: typer.Typer, method, extra: list, act, sweep_w: bool = True) -> None:
+def _option(name: str, default: Any, flag: str, help: str, annotation: Any) -> inspect.Parameter:
+    """One option of a generated command: `name` in the function, `flag` on the command line."""
+    P = inspect.Parameter
+    return P(name, P.KEYWORD_ONLY, default=typer.Option(default, flag, help=help), annotation=annotation)
+
+
+def _shared(name: str, annotated: Any) -> inspect.Parameter:
+    """One of the options shared by several commands (:mod:`sstm.cli.core`'s Annotated aliases), None by default."""
+    P = inspect.Parameter
+    return P(name, P.KEYWORD_ONLY, default=None, annotation=annotated)
+
+
+def _method_command(target: typer.Typer, method, extra: list[inspect.Parameter], act, sweep_w: bool = True) -> None:
     """`sstm merge|calibrate NAME`: --utility/--safety[/--w] (+ --seed where the method draws rows or masks), one
     option per parameter the method declares (:mod:`sstm.merge.methods`; None falls back to its config) and
-    the `extra` options (name, default, flag, help, annotation); `act(cfg, kw)` runs the method's config."""
-    import inspect
-
-    P = inspect.Parameter
-
-    def option(name: str, default, flag: str, help: str, annotation) -> inspect.Parameter:
-        return P(name, P.KEYWORD_ONLY, default=typer.Option(default, flag, help=help), annotation=annotation)
-
-    sig = [option("utility", ..., "--utility", "Utility adapter id.", str),
-           option("safety", ..., "--safety", "Safety adapter id.", str)]
+    the `extra` options; `act(cfg, kw)` runs the method's config."""
+    sig = [_option("utility", ..., "--utility", "Utility adapter id.", str),
+           _option("safety", ..., "--safety", "Safety adapter id.", str)]
     if sweep_w:
-        sig.append(option("w", None, "--w", "Safety weight (>= 0); a comma list runs a sweep (default: the method's).",
+        sig.append(_option("w", None, "--w", "Safety weight (>= 0); a comma list runs a sweep (default: the method's).",
                           Optional[str]))
     if method.seeded:
-        sig.append(option("seed", None, "--seed", "Seed of the random draws (rows or masks; an artifact param).",
+        sig.append(_option("seed", None, "--seed", "Seed of the random draws (rows or masks; an artifact param).",
                           Optional[int]))
     for p in method.params.values():
         annotation = str if p.sweep else p.type
-        sig.append(option(p.name, p.default, p.flag, p.help, annotation if p.default is not None else Optional[annotation]))
-    sig += [option(*spec) for spec in extra]
+        sig.append(_option(p.name, p.default, p.flag, p.help, annotation if p.default is not None else Optional[annotation]))
+    sig += extra
 
     def run(**kw) -> None:
         params = {name: _csv_list(kw[name], p.type, p.flag) if p.sweep and kw[name] is not None else kw[name]
                   for name, p in method.params.items()}
         w = _csv_list(kw["w"], float, "--w") if kw.get("w") is not None else None
         cfg = method.make_config(kw["utility"], kw["safety"], w=w, seed=kw.get("seed"), **params)
-        if "k" in method.params:  # SST's directions against its Fisher rows: the check `sstm run` makes
-            from sstm.fisher import check_directions
-
-            check_directions(max(cfg.k), cfg.samples)
+        cfg.check_request()  # e.g. SST's k against its Fisher rows: the check `sstm run` makes
         act(cfg, kw)
 
     run.__signature__ = inspect.Signature(sig)
@@ -122,16 +125,18 @@ calibrate_app = typer.Typer(help="Merge at matched strength: the smallest w whos
                             add_completion=False)
 app.add_typer(calibrate_app, name="calibrate")
 
-CALIBRATE_OPTIONS = [  # (name, default, flag, help, annotation); None: sstm.calibrate's / the eval stage's default
-    ("target", None, "--target", "Jailbreak refusal to reach on the calibration split (default 0.9).", Optional[float]),
-    ("w_start", None, "--w-start", "First w probed (default 1); doubled until the target is reached.", Optional[float]),
-    ("w_max", None, "--w-max", "Largest w probed (default 8): beyond it, 'not reached'.", Optional[float]),
-    ("max_evals", None, "--max-evals", "Probes (merge + jailbreak eval) at most (default 6).", Optional[int]),
-    ("calib_samples", None, "--calib-samples", "Calibration prompts per probe (default: all of safety/calib).",
-     Optional[int]),
-    ("max_new_tokens", None, "--max-new-tokens", "Tokens generated per prompt.", Optional[int]),
-    ("max_context_tokens", None, "--max-context-tokens", "Token budget of the jailbreak templates.", Optional[int]),
-    ("judge", None, "--judge", "Refusal judge (see `sstm eval --help`).", Optional[str]),
+CALIBRATE_OPTIONS = [  # None: sstm.calibrate's / the eval stage's default
+    _option("target", None, "--target", "Jailbreak refusal to reach on the calibration split (default 0.9).",
+            Optional[float]),
+    _option("w_start", None, "--w-start", "First w probed (default 1); doubled until the target is reached.",
+            Optional[float]),
+    _option("w_max", None, "--w-max", "Largest w probed (default 8): beyond it, 'not reached'.", Optional[float]),
+    _option("max_evals", None, "--max-evals", "Probes (merge + jailbreak eval) at most (default 6).", Optional[int]),
+    _option("calib_samples", None, "--calib-samples", "Calibration prompts per probe (default: all of safety/calib).",
+            Optional[int]),
+    _shared("max_new_tokens", MaxNewTokensOption),
+    _shared("max_context_tokens", MaxContextTokensOption),
+    _shared("judge", JudgeOption),
 ]
 
 

@@ -14,7 +14,7 @@ from sstm.evaluate.suites import SUITES
 from sstm.ui import console
 
 
-from sstm.cli.core import command, given, out, registry
+from sstm.cli.core import ParetoPlotOption, command, given, out, registry
 
 # --------------------------------------------------------------------------- compare
 
@@ -31,7 +31,7 @@ def compare_cmd(
     max_overrefusal: Optional[float] = typer.Option(None, "--max-overrefusal", help=f"Matched safety: over-refusal at most this (default {CompareConfig.max_overrefusal:g})."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV on stdout."),
-    plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also write the safety-utility Pareto plot (PNG)."),
+    plot_path: ParetoPlotOption = None,
     base: Optional[str] = typer.Option(None, "--base", help="Only models on this base model (id or prefix)."),
 ) -> None:
     """One row per evaluated model: settings, data, n, judge and every metric with a 95 % interval (Wilson for

@@ -14,7 +14,8 @@ from sstm.evaluate.config import EvalConfig
 from sstm.ui import console
 
 
-from sstm.cli.core import _csv_list, command, given, out, rank0, registry
+from sstm.cli.core import (JudgeOption, MaxContextTokensOption, MaxNewTokensOption, ParetoPlotOption, _csv_list, command,
+                           given, out, rank0, registry)
 
 @command(name="search")
 def search_cmd(
@@ -31,33 +32,35 @@ def search_cmd(
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Read the refusal splits in blocks of 16 prompts and stop a trial once its interval excludes a constraint."),
     calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="Prompts per calibration split (default: all)."),
     test_samples: Optional[int] = typer.Option(None, "--test-samples", help="Rows per test suite for the selection (default: all)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Tokens generated per prompt."),
-    max_context_tokens: Optional[int] = typer.Option(None, "--max-context-tokens", help="Token budget of documents and jailbreak templates."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="Refusal judge (see `sstm eval --help`)."),
+    max_new_tokens: MaxNewTokensOption = None,
+    max_context_tokens: MaxContextTokensOption = None,
+    judge: JudgeOption = None,
+    vs: Optional[str] = typer.Option(None, "--vs", metavar="ID[,ID...]", help="Merged models (e.g. a run's calibrated SST-Merge) evaluated on the selection's test rows: paired Δ selection − each."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also write the calibration frontier plot (PNG)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Constrained search (optuna) over each method's knobs and per-group layer weights on calibration data:
     the highest ROUGE-L merge meeting the refusal / over-refusal constraints, registered and tested once."""
-    from sstm import plot
+    from sstm import plot, search_report
     from sstm import search as s
 
     if plot_path is not None:  # a .png name in a directory that accepts it, before any work
         plot.check_path(plot_path)
     evals = {"max_new_tokens": max_new_tokens, "max_context_tokens": max_context_tokens, "judge": judge}
-    options = {"calib_samples": calib_samples, "test_samples": test_samples}
+    options = {"calib_samples": calib_samples, "test_samples": test_samples,
+               "vs": tuple(_csv_list(vs, str, "--vs")) if vs else None}
     cfg = s.SearchConfig(utility, safety, tuple(_csv_list(methods, str, "--methods")), min_refusal, max_overrefusal,
                          trials, time_budget, seed, storage, study, prune,
                          eval=EvalConfig(model="", **given(evals)),
                          **given(options))
     result = s.search(registry(), cfg)
     if plot_path is not None and result.result.complete:
-        rank0(console).print(f"plot written to {s.plot(result, plot_path)}")
+        rank0(console).print(f"plot written to {search_report.plot(result, plot_path)}")
     if as_json:
-        rank0().out(json.dumps(s.summary_json(result), indent=2))
+        rank0().out(json.dumps(search_report.summary_json(result), indent=2))
     else:
-        rank0().print(s.table(result))
-        rank0().print(s.report_text(result))
+        rank0().print(search_report.table(result))
+        rank0().print(search_report.report_text(result))
 
 
 # --------------------------------------------------------------------------- run
@@ -87,7 +90,7 @@ def run_cmd(
     baselines: Optional[str] = typer.Option(None, "--baselines", help="Merge methods to compare SST-Merge with, comma-separated (see `sstm merge --help`; default: the preset's)."),
     controls: Optional[bool] = typer.Option(None, "--controls/--no-controls", help="Also run SST-Merge's controls at the first k: a random subspace, F_s alone, least F_u alone, the Euclidean projector (default: the preset's; docs/method.md §10)."),
     density: Optional[float] = typer.Option(None, "--density", help="Density of every method that has one (TIES, DARE)."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="Refusal judge (see `sstm eval --help`)."),
+    judge: JudgeOption = None,
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for training, sampling and DARE."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Run the whole pipeline once per seed (comma-separated, e.g. 0,1,2): adapters trained and merged per seed; each row shows the mean over seeds and below it the across-seed standard deviation."),
     utility_data: Optional[str] = typer.Option(None, "--utility-data", metavar="DATA", help="Utility training data: a CSV/JSONL/parquet file, a dataset dir or Hub id (default: embedded)."),
@@ -97,7 +100,7 @@ def run_cmd(
     safety_adapter: Optional[str] = typer.Option(None, "--safety-adapter", help="With --skip-training: PEFT directory or adapter id."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bf16 or fp16."),
-    plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also write the safety-utility Pareto plot (PNG)."),
+    plot_path: ParetoPlotOption = None,
     as_json: bool = typer.Option(False, "--json", help="Print the final comparison as JSON."),
     config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="A recipe: YAML with the keys of "
                                           "--print-config (options given here override it)."),

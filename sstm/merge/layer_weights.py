@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from sstm.adapters import module_type
-from sstm.errors import SSTMError, read_text
+from sstm.errors import SSTMError, read_yaml
 
 DEFAULT_LAYER_WEIGHTS = MappingProxyType({
     "lm_head": 5.0,
@@ -57,12 +57,7 @@ def load_layer_weights(spec: str | dict | None) -> dict[str, float]:
         path = Path(spec).expanduser()
         if not path.is_file():
             raise SSTMError(f"--layer-weights {spec}: no such file (or a policy: {', '.join(POLICIES)})")
-        import yaml  # YAML is a superset of JSON
-
-        try:
-            given = yaml.safe_load(read_text(path, "--layer-weights"))
-        except yaml.YAMLError as e:
-            raise SSTMError(f"--layer-weights {spec}: not valid JSON/YAML ({str(e).splitlines()[0]})") from None
+        given = read_yaml(path, "--layer-weights", "JSON/YAML")
         where = f"--layer-weights {spec}"
     if not isinstance(given, dict):
         raise SSTMError(f"{where}: expected a mapping module_type -> weight (e.g. q_proj: 2.0)")

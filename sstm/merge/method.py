@@ -62,6 +62,10 @@ class MergeConfig:
                 raise SSTMError(f"--seed {self.seed}: expected an integer")
             self.seed = self.seed or 0
 
+    def check_request(self) -> None:
+        """What a user's request must meet beyond the config's own checks, made up front by `sstm merge|calibrate`
+        and `sstm run` (its plan) before any work; nothing by default (SST-Merge: k against the Fisher rows)."""
+
     def recorded(self) -> dict:
         """The parameters a merged artifact records (and its id hashes): every declared one but w, ℓ (recorded
         as the weights used), the sweep parameters (one value per point) and what does not change the result."""

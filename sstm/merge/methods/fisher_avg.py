@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sstm.errors import SSTMError
 from sstm.merge.method import DataPassConfig, MergeMethod, register
@@ -25,6 +26,9 @@ from sstm.merge.param import param
 from sstm.merge.point import Built, Inputs
 from sstm.merge.space import Range
 from sstm.storage import strength
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

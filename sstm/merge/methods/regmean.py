@@ -20,6 +20,7 @@ per-token mean). With M = (G̃_u + w·ℓ·G̃_s)⁻¹ this is exactly one LoRA 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sstm.errors import SSTMError
 from sstm.merge.method import DataPassConfig, MergeMethod, register
@@ -27,6 +28,9 @@ from sstm.merge.param import param
 from sstm.merge.point import Built, Inputs
 from sstm.merge.space import Range
 from sstm.storage import strength
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

@@ -61,6 +61,15 @@ class SSTConfig(DataPassConfig):
         if self.structure == "kfac" and (self.basis, self.projector) != ("gevp", "fisher"):
             raise SSTMError("--structure kfac supports --basis gevp --projector fisher only")
 
+    def check_request(self) -> None:
+        """k GEVP directions need Fishers of at least k rows: F = (1/N)·Σ_i vec(G_i)·vec(G_i)ᵀ has rank <= N, so
+        beyond N the directions are ordered by the damping alone (docs/method.md §3). The library's merge accepts
+        more (it cuts k per module to the directions the Fishers separate; k >= r² is P = I)."""
+        k = max(self.k)
+        if k > self.samples:
+            raise SSTMError(f"--k {k}: more directions than the {self.samples} Fisher rows per role can rank; use "
+                            f"--k <= {self.samples} or more Fisher rows (--samples; in `sstm run`: --fisher-samples)")
+
     def recorded(self) -> dict:
         """Every setting; the basis seed only where the basis draws from it."""
         out = super().recorded()

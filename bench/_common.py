@@ -28,3 +28,16 @@ def write_result(result: dict, out: Path) -> Path:
         shown = out
     print(f"wrote {shown}")
     return out
+
+
+def run_main(main) -> None:
+    """Run a bench's `main`; bad input (`SSTMError`) is one line on stderr and exit code 2, like the CLI."""
+    import sys
+
+    from sstm.errors import SSTMError
+
+    try:
+        main()
+    except SSTMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import write_result  # noqa: E402
+from _common import run_main, write_result  # noqa: E402
 
 from sstm.calibrate import BLOCK, REFUSAL, CalibrateConfig, calibrate, sequential, settings  # noqa: E402
 from sstm.errors import SSTMError  # noqa: E402
@@ -204,8 +204,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SSTMError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

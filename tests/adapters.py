@@ -82,6 +82,22 @@ def make_adapter(reg: Registry, base: Artifact, role: str, rank: int = 4, alpha:
                             label=f"{role} r={rank} seed={seed} (test)", seed=seed, quiet=True)
 
 
+def damage_lora_b(art: Artifact) -> str:
+    """Scale the first stored ``lora_B`` factor of an adapter or merge by 1.001 in place (a damaged file for
+    `sstm verify --rebuild` to find); returns the module's name as the rebuild report names it."""
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    weights = art.path / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    key = min(k for k in tensors if "lora_B" in k)
+    tensors[key] = tensors[key] * 1.001
+    os.chmod(weights, 0o644)
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    return key.removeprefix("base_model.model.").removesuffix(".lora_B.weight")
+
+
 def fake_answers(model, tok, messages, **kw):
     """Stands in for `sstm.generate.generate`: the tiny random model answers nothing readable."""
     from sstm.generate import Generation

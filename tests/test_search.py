@@ -2,11 +2,10 @@
 pruning), the constraint and budget checks, the utility calibration split, and one real search on the tiny model."""
 
 import json
-import os
 
 import optuna
 import pytest
-from adapters import make_adapter
+from adapters import damage_lora_b, make_adapter
 from typer.testing import CliRunner
 
 from sstm.cli import app
@@ -257,18 +256,10 @@ def test_searched_merge_is_rebuilt_and_paired_with_vs(reg, tiny_base):
     assert res.exit_code == 0 and res.stdout.startswith(f"reproduced: merged {art.short}"), res.output
     n_merged = len(reg.list("merged"))
 
-    from safetensors.torch import load_file, save_file
-
-    weights = art.path / "adapter_model.safetensors"
-    tensors = load_file(str(weights))
-    key = min(k for k in tensors if "lora_B" in k)
-    tensors[key] = tensors[key] * 1.001
-    os.chmod(weights, 0o644)
-    save_file(tensors, str(weights), metadata={"format": "pt"})
+    module = damage_lora_b(art)
     res = runner.invoke(app, ["verify", "--rebuild", art.short, "--json"])
     assert res.exit_code == 1, res.output
     report = json.loads(res.stdout)
-    module = key.removeprefix("base_model.model.").removesuffix(".lora_B.weight")
     assert report["status"] == "differs" and ("adapter_model.safetensors", module) in [
         (d["file"], d["item"]) for d in report["differences"]]
     assert len(reg.list("merged")) == n_merged  # a rebuild registers nothing

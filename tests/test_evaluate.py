@@ -19,8 +19,9 @@ from sstm.evaluate.judge import DEFAULT_JUDGE, load_judge
 from sstm.evaluate.stage import evaluate, fold_lora
 from sstm.evaluate.suites import JUDGED_TOKENS, LETTERS, Settings, mmlu, mmlu_message, rouge_l
 from sstm.generate import (Generation, _decode_in_slots, _generation, _order, _Prefill, _Slots, encode_prompts, eos_ids,
-                           generate, letter_ids, next_token_logprobs)
+                           generate)
 from sstm.models import load_base
+from sstm.scoring import letter_ids, next_token_logprobs
 from tiny import PROMPTS
 
 

@@ -323,7 +323,7 @@ class ModelJudge(RefusalJudge):
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
     def verdicts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
-        from sstm.generate import next_token_logprobs  # lazy: torch stays out of CLI start-up (the CLI loads this module)
+        from sstm.scoring import next_token_logprobs  # lazy: torch stays out of CLI start-up (the CLI loads this module)
 
         if not responses:
             return []

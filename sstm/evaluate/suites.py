@@ -407,7 +407,7 @@ def overrefusal(model, tok, rows, s: Settings, advance: Advance):
        generates=False)
 def mmlu(model, tok, rows, s: Settings, advance: Advance):
     """accuracy = (1/n) sum_i [argmax_l log p(l | prompt_i) = answer_i], l in {A, B, C, D}."""
-    from sstm.generate import letter_ids, next_token_logprobs  # lazy: torch stays out of CLI start-up (the CLI loads this module)
+    from sstm.scoring import letter_ids, next_token_logprobs  # lazy: torch stays out of CLI start-up (the CLI loads this module)
 
     for i, r in rows:
         if not isinstance(r.get("answer"), int) or not 0 <= r["answer"] < len(LETTERS):

@@ -10,16 +10,17 @@ never hides a result) and the others are listed as ``superseded``.
 
 One table holds evals of one protocol: per suite the same dataset, the same n and the
 same judge; otherwise :func:`compare` refuses (``--mixed`` allows it). The metrics are
-those the suites declare (:mod:`sstm.evaluate.suites`); intervals, paired differences
-and the Pareto front are computed in :mod:`sstm.stats` (docs/method.md, "Statistics"):
+those the suites declare (:mod:`sstm.evaluate.suites`); intervals and the Pareto front are
+computed in :mod:`sstm.stats`, paired differences and matched safety in :mod:`sstm.paired`
+(docs/method.md, "Statistics"):
 
 * with ``vs`` (a model id), every row gets each metric's paired difference against that
-  model on the same prompts (samples matched by their ``id``);
+  model on the same prompts (samples matched by their ``id``, :func:`sstm.paired.paired_delta`);
 * a row is Pareto-optimal when no other row shown is at least as good on every
   objective of ``PARETO`` that some row has (jailbreak refusal ↑, ROUGE-L ↑,
   over-refusal ↓) and better on one; rows missing one of them are never optimal;
-* :func:`matched_safety` is the utility each merge setting keeps at the weakest w of its
-  sweep that meets the safety target;
+* the rows of one merge setting that differ only in w are a sweep (:meth:`Row.sweep`), which
+  :func:`sstm.paired.matched_safety` reads at the weakest w that meets the safety target;
 * with ``average`` (`sstm run --seeds`), the models of one setting trained with different
   seeds are one row: each metric's mean over the seeds and its across-seed spread.
 
@@ -28,7 +29,6 @@ Output (table, JSON, CSV) is :mod:`sstm.render`, the plot :mod:`sstm.plot`.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
 from statistics import fmean, stdev
@@ -40,14 +40,13 @@ from sstm.evaluate.suites import SUITES, Metric, all_metrics
 from sstm.formatting import judge_text, layer_weights_text, num, w_text
 from sstm.merge import METHODS
 from sstm.merge.layer_weights import policy_name
+from sstm.paired import Delta, paired_delta
 from sstm.registry import Artifact, Registry
-from sstm.stats import N_BOOT, SEED, interval, paired_diff, pareto_front
+from sstm.stats import N_BOOT, SEED, interval, pareto_front
 from sstm.ui import warn
 
 PARETO_X, PARETO_Y = "rouge_l", "jailbreak"  # the plane of the plot
 PARETO = ("jailbreak", "rouge_l", "overrefusal")  # the front's objectives (directions: the suites' metrics)
-UTILITY, REFUSAL, OVERREFUSAL = "rouge_l", "jailbreak", "overrefusal"  # the matched-safety summary's metrics
-MATCH_REFERENCE = "ta"  # the method every matched point is compared with
 CALIBRATION = "calibration"  # the param of a calibrated merge (sstm.calibrate); its inputs add these roles:
 CALIBRATION_INPUTS = ("calibrated", "calibration_data")
 WHERE_KEYS = ("method", "kind", "role", "k", "w", "samples", "density", "seed", "layer_weights", "model", "base",
@@ -91,17 +90,6 @@ class MetricValue:
     scores: dict | None = field(default=None, repr=False)  # sample id -> score (None: samples carry no id)
     spread: float | None = None  # over seeds: the sample standard deviation of the per-seed values
     per_seed: list[float] = field(default_factory=list)  # over seeds: the value of each seed
-
-
-@dataclass
-class Delta:
-    """A metric of a row minus the same metric of the reference, on the same prompts."""
-
-    value: float
-    lo: float | None  # paired percentile-bootstrap interval
-    hi: float | None
-    n: int  # prompts paired
-    p: float | None = None  # exact McNemar p (rates only)
 
 
 @dataclass
@@ -154,9 +142,22 @@ class Row:
         m = self.metrics.get(short)
         return m.value if m is not None and m.status == "ok" else None
 
+    @property
+    def calibration(self) -> dict | None:
+        """A calibrated merge's calibration record (param ``calibration``, :mod:`sstm.calibrate`: the probes'
+        ``path``, whether w ``reached`` the target); None for every other row."""
+        return self.params.get(CALIBRATION)
+
     def w_text(self) -> str | None:
         """w as :func:`sstm.formatting.w_text` shows it: "0.75", or "2 (calibrated)" for a calibrated merge."""
-        return w_text(self.w, self.params.get(CALIBRATION))
+        return w_text(self.w, self.calibration)
+
+    def sweep(self) -> tuple[str, dict, dict]:
+        """What the rows of one w sweep share: the setting without w, the params but w and the inputs (a calibrated
+        merge's calibration record and calibration inputs left out, so it joins the sweep it was calibrated on)."""
+        rest = {k: v for k, v in self.params.items() if k not in ("w", CALIBRATION)}
+        inputs = {k: v for k, v in self.inputs.items() if k not in CALIBRATION_INPUTS}
+        return self.setting(w=False), rest, inputs
 
     def setting(self, w: bool = True) -> str:
         """The method and its settings, e.g. "sst k=128 w=0.75" (without w: the sweep it belongs to), a calibrated
@@ -459,110 +460,3 @@ def mark_pareto(rows: Sequence[Row]) -> None:
     points = [[None if r.value(s) is None else signs[s] * r.value(s) for s in objectives] for r in rows]
     for row, opt in zip(rows, pareto_front(points)):
         row.pareto = opt
-
-
-# --------------------------------------------------------------------------- paired differences
-
-
-def paired_scores(row: Row, ref: Row, short: str) -> tuple[list[float], list[float]]:
-    """The scores of `row` and `ref` on the same prompts (matched by sample id); SSTMError, one line, when
-    their evals are not of the same dataset and the same samples."""
-    a, b = row.metrics[short], ref.metrics[short]
-    suite = find_metric(short).suite
-    ea, eb = row.evals[suite], ref.evals[suite]
-    what = f"{short} of {row.setting()} ({row.model_id[:8]}) vs {ref.setting()} ({ref.model_id[:8]})"
-    if ea.data_id != eb.data_id:
-        raise SSTMError(f"cannot pair {what}: different datasets ({str(ea.data_id)[:12]}, {str(eb.data_id)[:12]})")
-    if a.scores is None or b.scores is None:
-        raise SSTMError(f"cannot pair {what}: samples without ids (evals made by an older sstm; evaluate again)")
-    if set(a.scores) != set(b.scores):
-        raise SSTMError(f"cannot pair {what}: different samples of dataset {str(ea.data_id)[:12]} "
-                        f"({len(a.scores)} and {len(b.scores)} rows, {len(set(a.scores) & set(b.scores))} shared)")
-    ids = sorted(a.scores)
-    return [a.scores[i] for i in ids], [b.scores[i] for i in ids]
-
-
-def paired_delta(row: Row, ref: Row, short: str, cfg: CompareConfig) -> Delta | None:
-    """`row` minus `ref` on metric `short` (None when either lacks per-sample scores of it)."""
-    a, b = row.metrics.get(short), ref.metrics.get(short)
-    if a is None or b is None or a.status != "ok" or b.status != "ok" or not a.n or not b.n:
-        return None
-    x, y = paired_scores(row, ref, short)
-    binary = find_metric(short).rate and not (row.seeds or ref.seeds)  # seed-averaged scores are not 0/1
-    value, lo, hi, p = paired_diff(x, y, binary, cfg.n_boot, cfg.seed)
-    return Delta(value, lo, hi, len(x), p)
-
-
-# --------------------------------------------------------------------------- matched safety
-
-
-@dataclass
-class Matched:
-    """One merge setting's w sweep at the safety target (see :func:`matched_safety`)."""
-
-    setting: str  # the sweep, e.g. "sst k=128"
-    model_id: str | None = None  # the matched point (None: no w reaches the target)
-    w: float | None = None
-    utility: MetricValue | None = None  # ROUGE-L at the matched point
-    refusal: float | None = None
-    overrefusal: float | None = None
-    vs_id: str | None = None  # the reference's matched point
-    delta: Delta | None = None  # ROUGE-L minus the reference's, paired
-    note: str | None = None  # why there is no point or no delta
-
-
-def matched_safety(rows: Sequence[Row], cfg: CompareConfig) -> list[Matched]:
-    """For every merge setting with a w (rows of the same method, parameters and inputs but w): the first
-    point of its sweep, by increasing w, with jailbreak refusal >= cfg.target_refusal and over-refusal
-    <= cfg.max_overrefusal -- the nearest sweep point at or above the target, not interpolated -- with
-    its ROUGE-L and the paired ROUGE-L difference to task arithmetic at its own matched point. A setting
-    with a calibrated merge (sstm.calibrate: w chosen on the calibration split) is matched at that merge,
-    unless its over-refusal on the test split exceeds cfg.max_overrefusal (calibration sees refusal only)."""
-    sweeps: dict[str, list[Row]] = {}
-    for r in rows:
-        if r.kind == "merged" and r.w is not None:
-            rest = {k: v for k, v in r.params.items() if k not in ("w", CALIBRATION)}
-            inputs = {k: v for k, v in r.inputs.items() if k not in CALIBRATION_INPUTS}
-            key = json.dumps([r.method != MATCH_REFERENCE, r.setting(w=False), rest, inputs], sort_keys=True,
-                             default=str)
-            sweeps.setdefault(key, []).append(r)
-    out, hits = [], []
-    for key in sorted(sweeps):  # the reference's sweeps first
-        sweep = sorted(sweeps[key], key=lambda r: r.w)
-        calibrated = next((r for r in sweep if CALIBRATION in r.params), None)
-        if calibrated is not None:  # its w reaches the target on the calibration split; shown on the test split
-            hit = calibrated if calibrated.params[CALIBRATION]["reached"] else None
-            m = Matched(f"{sweep[0].setting(w=False)} calibrated")
-        else:
-            hit = next((r for r in sweep if (r.value(REFUSAL) or 0) >= cfg.target_refusal
-                        and r.value(OVERREFUSAL) is not None and r.value(OVERREFUSAL) <= cfg.max_overrefusal), None)
-            m = Matched(sweep[0].setting(w=False))
-        over = None if hit is None else hit.value(OVERREFUSAL)  # a sweep point's is <= the limit already
-        if over is not None and over > cfg.max_overrefusal:
-            m.note = (f"calibrated w = {hit.w:g} reaches the refusal target but over-refuses "
-                      f"{100 * over:.1f} % > {100 * cfg.max_overrefusal:g} %")
-            hit = None
-        elif hit is None and calibrated is not None:
-            top = max(step["w"] for step in calibrated.params[CALIBRATION]["path"])
-            m.note = f"calibration: target not reached at w <= {top:g} (kept w = {calibrated.w:g})"
-        elif hit is None:
-            m.note = ("no over-refusal eval" if all(r.value(OVERREFUSAL) is None for r in sweep)
-                      else "no setting reaches the target")
-        else:
-            m.model_id, m.w, m.utility = hit.model_id, hit.w, hit.metrics.get(UTILITY)
-            m.refusal, m.overrefusal = hit.value(REFUSAL), hit.value(OVERREFUSAL)
-        out.append(m)
-        hits.append(hit)
-    ref = next((h for h, m in zip(hits, out) if h is not None and h.method == MATCH_REFERENCE), None)
-    for hit, m in zip(hits, out):
-        if hit is None or m.utility is None or hit is ref:
-            continue
-        if ref is None:
-            m.note = f"no {MATCH_REFERENCE} setting reaches the target: no difference"
-            continue
-        m.vs_id = ref.model_id
-        try:
-            m.delta = paired_delta(hit, ref, UTILITY, cfg)
-        except SSTMError as e:
-            m.note = str(e)
-    return out

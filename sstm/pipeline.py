@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sstm import search, search_report
+from sstm import search
 from sstm.adapters import CONFIG_FILE, register_adapter_dir
 from sstm.calibrate import CalibrateConfig, calibrate
 from sstm.compare import CALIBRATION, CompareConfig, Row, compare
@@ -31,6 +31,7 @@ from sstm.merge import METHODS, MergeMethod
 from sstm.models import EMBEDDED, resolve_base
 from sstm.presets import QUICK, STANDARD, Preset
 from sstm.registry import Artifact, Registry
+from sstm.search.report import report_text
 from sstm.train import TrainConfig, train
 from sstm.ui import info
 
@@ -240,7 +241,7 @@ def _search(reg: Registry, cfg: RunConfig, models: tuple[str, ...]) -> None:
     out = search.search(reg, search.SearchConfig(u.id, s.id, tuple(base), trials=cfg.search, seed=cfg.seed,
                                                  calib_samples=calib.samples, test_samples=cfg.plan.eval.samples,
                                                  eval=replace(calib, samples=None), vs=tuple(defaults), base=base))
-    info(search_report.report_text(out))
+    info(report_text(out))
 
 
 def _run_seed(reg: Registry, cfg: RunConfig, step: str) -> tuple[list[Artifact], list[Artifact]]:

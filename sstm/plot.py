@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from sstm.compare import OVERREFUSAL, PARETO_X, PARETO_Y, Row
+from sstm.compare import PARETO_X, PARETO_Y, Row
 from sstm.errors import SSTMError
 from sstm.outputs import output_file
+from sstm.paired import OVERREFUSAL
 from sstm.registry import write_whole
 from sstm.stats import pareto_front
 

@@ -1,5 +1,6 @@
 """`sstm compare` output: the Rich table with its footer (protocol, power line, matched safety), JSON and CSV
-of the compare rows (:mod:`sstm.compare`; the statistics: :mod:`sstm.stats`, docs/method.md "Statistics")."""
+of the compare rows (:mod:`sstm.compare`; the statistics: :mod:`sstm.stats` and :mod:`sstm.paired`, docs/method.md
+"Statistics")."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from sstm.compare import (MATCH_REFERENCE, OVERREFUSAL, PARETO, PARETO_X, PARETO_Y, REFUSAL, CompareConfig, Delta,
-                          Matched, MetricValue, Row, find_metric, matched_safety, protocol)
+from sstm.compare import PARETO, PARETO_X, PARETO_Y, CompareConfig, MetricValue, Row, find_metric, protocol
 from sstm.evaluate.suites import SUITES, Metric, all_metrics
 from sstm.formatting import layer_weights_text, num, p_text, signed
+from sstm.paired import MATCH_REFERENCE, OVERREFUSAL, REFUSAL, Delta, Matched, matched_safety
 from sstm.stats import ALPHA, LEVEL, POWER, detectable_difference
 
 

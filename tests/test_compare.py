@@ -13,12 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 from sstm.cli import app
-from sstm.compare import CompareConfig, compare, matched_safety
+from sstm.compare import CompareConfig, compare
 from sstm.plot import LABEL_STEP, label_layout, plot
 from sstm.render import metric_cell, render_table, to_csv
 from sstm.stats import wilson_ci
 from sstm.data import register_rows
 from sstm.errors import SSTMError
+from sstm.paired import matched_safety
 from cli_checks import assert_user_error
 
 runner = CliRunner()

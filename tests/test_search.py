@@ -1,4 +1,4 @@
-"""`sstm search` (sstm/search.py): the optuna studies on toy objectives with a known optimum (selection, resume,
+"""`sstm search` (sstm/search/): the optuna studies on toy objectives with a known optimum (selection, resume,
 pruning), the constraint and budget checks, the utility calibration split, and one real search on the tiny model."""
 
 import json

@@ -41,8 +41,9 @@ def search_cmd(
 ) -> None:
     """Constrained search (optuna) over each method's knobs and per-group layer weights on calibration data:
     the highest ROUGE-L merge meeting the refusal / over-refusal constraints, registered and tested once."""
-    from sstm import plot, search_report
+    from sstm import plot
     from sstm import search as s
+    from sstm.search import report
 
     if plot_path is not None:  # a .png name in a directory that accepts it, before any work
         plot.check_path(plot_path)
@@ -55,12 +56,12 @@ def search_cmd(
                          **given(options))
     result = s.search(registry(), cfg)
     if plot_path is not None and result.result.complete:
-        rank0(console).print(f"plot written to {search_report.plot(result, plot_path)}")
+        rank0(console).print(f"plot written to {report.plot(result, plot_path)}")
     if as_json:
-        rank0().out(json.dumps(search_report.summary_json(result), indent=2))
+        rank0().out(json.dumps(report.summary_json(result), indent=2))
     else:
-        rank0().print(search_report.table(result))
-        rank0().print(search_report.report_text(result))
+        rank0().print(report.table(result))
+        rank0().print(report.report_text(result))
 
 
 # --------------------------------------------------------------------------- run

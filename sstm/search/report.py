@@ -1,4 +1,4 @@
-"""`sstm search` output (:mod:`sstm.search` is the engine): the Rich table of the feasible trials and the Pareto
+"""`sstm search` output (:mod:`sstm.search.run` is the engine): the Rich table of the feasible trials and the Pareto
 front on calibration, the lines under it (constraints, budget, the selection, calibration -> test, paired Δ), the
 JSON summary and the frontier plot. As :mod:`sstm.render` / :mod:`sstm.plot` are to `sstm compare`; nothing here
 changes an artifact, so the search's code fingerprint (its merges' ids) does not cover it.
@@ -12,7 +12,7 @@ from sstm.merge.layer_weights import GROUPS
 from sstm.plot import check_path
 from sstm.registry import write_whole
 from sstm.render import p_text, signed
-from sstm.search import Outcome
+from sstm.search.run import Outcome
 
 CALIBRATION_METRICS = (("refusal", "jailbreak", "refusal"), ("over-refusal", "overrefusal", "overrefusal"),
                        ("ROUGE-L", "rouge_l", "rouge_l"))  # (name, test metric, TrialRecord field)

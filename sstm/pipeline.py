@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sstm import search
 from sstm.adapters import CONFIG_FILE, register_adapter_dir
@@ -77,6 +77,7 @@ class RunConfig:
     device: str | None = None  # None: each stage's default
     dtype: str | None = None
     search: int | None = None  # --search N: after the comparison, `sstm search` with N trials per method (sstm.search)
+    search_methods: tuple[str, ...] | None = None  # the methods --search searches (None: every method of the plan)
     plan: Plan = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -92,9 +93,16 @@ class RunConfig:
         if self.search is not None and (self.search < 1 or self.seeds):
             raise SSTMError(f"--search {self.search}: trials per method, at least 1, and not with --seeds "
                             "(run `sstm search` on each seed's adapters)")
+        if self.search_methods is not None and self.search is None:
+            raise SSTMError("--search-methods: only with --search N")
         if len(set(self.seeds)) != len(self.seeds):
             raise SSTMError(f"--seeds {','.join(map(str, self.seeds))}: each seed once")
         object.__setattr__(self, "plan", self._plan())
+        planned = list(dict.fromkeys(m.name for m, _ in self.plan.merges))
+        for name in self.search_methods or ():
+            if name not in planned:
+                raise SSTMError(f"--search-methods {name}: not a merge method of this run (its methods: "
+                                f"{', '.join(planned)})")
 
     @property
     def preset(self) -> Preset:
@@ -206,8 +214,16 @@ def _merges(reg: Registry, cfg: RunConfig, u: Artifact, s: Artifact) -> list[Art
     return merged
 
 
-def run(reg: Registry, cfg: RunConfig) -> list[Row]:
-    """The whole comparison; returns the compare rows of exactly the models of this run.
+class Ran(NamedTuple):
+    """What `sstm run` found: the compare rows of exactly the models of this run, and with --search the search's
+    outcome (:class:`sstm.search.Outcome`; None without it)."""
+
+    rows: list[Row]
+    search: Any = None
+
+
+def run(reg: Registry, cfg: RunConfig) -> Ran:
+    """The whole comparison (and with `search`, the search after it).
 
     With `seeds`, the pipeline runs once per seed (adapters trained, merged and evaluated per seed, on the
     same eval rows) and every setting is one row: the mean over the seeds and their spread."""
@@ -221,27 +237,28 @@ def run(reg: Registry, cfg: RunConfig) -> list[Row]:
         evals += [ev.id for ev in e]
     average = tuple(zip(*models)) if cfg.seeds else ()  # the same setting at each seed, position by position
     rows = compare(reg, CompareConfig(evals=tuple(dict.fromkeys(evals)), average=average, seeds=seeds))
-    if cfg.search:
-        _search(reg, cfg, models[0])
-    return rows
+    return Ran(rows, _search(reg, cfg, models[0]) if cfg.search else None)
 
 
-def _search(reg: Registry, cfg: RunConfig, models: tuple[str, ...]) -> None:
+def _search(reg: Registry, cfg: RunConfig, models: tuple[str, ...]) -> Any:
     """`sstm search` on the run's adapters (`models`: the first seed's base, utility, safety, merges): the plan's
-    methods, N trials each, the calibration's eval settings; each method's trials start from its plan config (the
-    run's data-pass settings and data, so SST's trials reuse the run's Fishers), and the selection is compared
-    (paired Δ on the test rows) with the run's calibrated default merges (controls left out)."""
+    methods (or those of --search-methods), N trials each, the calibration's eval settings; each method's trials
+    start from its plan config (the run's data-pass settings and data, so SST's trials reuse the run's Fishers),
+    and the selection is compared (paired Δ on the test rows) with the run's calibrated default merges (controls
+    left out)."""
     calib = cfg.plan.calibrations[0].eval if cfg.plan.calibrations else replace(cfg.plan.eval, samples=None)
     u, s = reg.get(models[1]), reg.get(models[2])
     base: dict[str, Any] = {}
     for method, mcfg in cfg.plan.merges:  # the method's own config first; its controls follow it
-        base.setdefault(method.name, replace(mcfg, **_merge_inputs(reg, cfg, method, u, s)))
+        if cfg.search_methods is None or method.name in cfg.search_methods:
+            base.setdefault(method.name, replace(mcfg, **_merge_inputs(reg, cfg, method, u, s)))
     defaults = [m for m in models[3:] if CALIBRATION in (p := reg.get(m).params)
                 and not METHODS[p["method"]].control(p)]
     out = search.search(reg, search.SearchConfig(u.id, s.id, tuple(base), trials=cfg.search, seed=cfg.seed,
                                                  calib_samples=calib.samples, test_samples=cfg.plan.eval.samples,
                                                  eval=replace(calib, samples=None), vs=tuple(defaults), base=base))
     info(report_text(out))
+    return out
 
 
 def _run_seed(reg: Registry, cfg: RunConfig, step: str) -> tuple[list[Artifact], list[Artifact]]:
@@ -257,4 +274,4 @@ def _run_seed(reg: Registry, cfg: RunConfig, step: str) -> tuple[list[Artifact],
     return models, [ev for m in models for ev in evaluate(reg, replace(cfg.plan.eval, model=m))]
 
 
-__all__ = ["SUBJECT", "Plan", "RunConfig", "run"]
+__all__ = ["SUBJECT", "Plan", "Ran", "RunConfig", "run"]

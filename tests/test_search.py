@@ -282,15 +282,18 @@ def test_run_search_uses_the_runs_fishers_and_compares_with_its_calibrated_merge
     s = make_adapter(reg, base, "safety", rank=2, seed=1)
     args = ["run", "--model", str(tiny_model_dir), "--quick", "--skip-training", "--utility-adapter", u.id,
             "--safety-adapter", s.id, "--fisher-samples", "4", "--eval-samples", "4", "--k", "4", "--baselines", "ta",
-            "--no-controls", "--search", "1"]
+            "--no-controls", "--search", "1", "--search-methods", "sst", "--json"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)  # --json with --search: the comparison and the search's summary
+    assert {r["model_id"] for r in out["comparison"]["rows"]} >= {u.id, s.id} and out["search"]["trials"] == 1
     reg = Registry(home)
     fishers = {f.params["role"]: f for f in reg.list("fisher")}
     assert len(reg.list("fisher")) == 2 and {(f.params["samples"], f.params["max_len"]) for f in fishers.values()} == {
         (4, 256)} and (SAMPLES, MAX_LEN) != (4, 256)
     storage = optuna.storages.RDBStorage(f"sqlite:///{home.resolve() / 'search.db'}")
     (name,) = {n.rsplit(":", 1)[0] for n in optuna.get_all_study_names(storage)}
+    assert {n.rsplit(":", 1)[1] for n in optuna.get_all_study_names(storage)} == {"sst"}  # --search-methods sst
     trials = optuna.load_study(study_name=f"{name}:sst", storage=storage).get_trials()
     assert len(trials) == 1
     trial = reg.get(trials[0].user_attrs["model"])
@@ -300,3 +303,12 @@ def test_run_search_uses_the_runs_fishers_and_compares_with_its_calibrated_merge
     (ta_cal,) = [a for a in reg.list("merged") if "calibration" in a.params and a.params["method"] == "ta"]
     for cal in (calibrated, ta_cal):  # the run's calibrated default merges, paired with the selection
         assert f"selection − {cal.id[:12]} {cal.label}:" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--search-methods", "sst"], "--search-methods: only with --search N"),
+    (["--search", "2", "--search-methods", "ties"], "--search-methods ties: not a merge method of this run"),
+])
+def test_run_search_methods_are_checked(home, extra, message):
+    res = CliRunner().invoke(app, ["run", "--quick", "--baselines", "ta", *extra])
+    assert res.exit_code == 2 and message in res.output, res.output

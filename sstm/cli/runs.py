@@ -102,12 +102,13 @@ def run_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bf16 or fp16."),
     plot_path: ParetoPlotOption = None,
-    as_json: bool = typer.Option(False, "--json", help="Print the final comparison as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final comparison as JSON (with --search: {\"comparison\": ..., \"search\": what `sstm search --json` prints})."),
     config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="A recipe: YAML with the keys of "
                                           "--print-config (options given here override it)."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the effective recipe (every key, defaults "
                                       "included) as YAML and exit without doing any work."),
     search: Optional[int] = typer.Option(None, "--search", metavar="N", help="After the comparison, `sstm search` on the run's adapters: N trials per method (see `sstm search --help`)."),
+    search_methods: Optional[str] = typer.Option(None, "--search-methods", help="With --search: the methods searched, comma-separated (default: every merge method of the run)."),
 ) -> None:
     if plot_path is not None:  # a .png name in a directory that accepts it, before any work
         from sstm.plot import check_path
@@ -127,6 +128,7 @@ def run_cmd(
         "utility_data": utility_data, "safety_data": safety_data,
         "device": device, "dtype": dtype, "seeds": tuple(_csv_list(seeds, int, "--seeds")) if seeds else None,
         "search": search,
+        "search_methods": tuple(_csv_list(search_methods, str, "--search-methods")) if search_methods else None,
     }
     if seed is not None and seeds:
         raise SSTMError("--seed and --seeds: choose one")
@@ -137,13 +139,18 @@ def run_cmd(
         typer.echo(recipe.dump(cfg), nl=False)
         return
     reg = registry()
-    rows = run(reg, cfg)
+    rows, found = run(reg, cfg)
     saved = recipe.record(reg.home, cfg, [m for r in rows for m in (r.members or [r.model_id])],
                           [e.eval_id for r in rows for e in r.evals.values()])
     shown, noted = rank0(), rank0(console)
     noted.print(f"recipe saved to {saved} (rerun: sstm run --config {saved})")
-    if as_json:
-        shown.out(json.dumps(render.to_json(rows, CompareConfig()), indent=2))
+    if as_json:  # with --search: the comparison and the search's summary (the keys of `sstm search --json`)
+        table = render.to_json(rows, CompareConfig())
+        if found is not None:
+            from sstm.search.report import summary_json
+
+            table = {"comparison": table, "search": summary_json(found)}
+        shown.out(json.dumps(table, indent=2))
     else:
         shown.print(render.render_table(rows, width=out.width))
     if plot_path is not None:

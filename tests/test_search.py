@@ -100,6 +100,31 @@ def test_infeasible_search_selects_the_closest_and_says_so():
     assert res.selected.violation == min(t.violation for t in res.complete)
 
 
+def test_all_pruned_runs_the_closest_in_full_and_selects_it(tmp_path):
+    """Refusal >= 0.99 is out of the toy's reach below w = 1.98 and over-refusal <= 0.05 above w = 0.5: with
+    pruning every trial stops early, so the closest on what it read is run once more in full and selected,
+    and the output says so; a rerun of the same study adds nothing."""
+    from sstm.search.report import describe_selection
+    from sstm.search.run import Outcome
+    from sstm.search.study import CLOSEST
+
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    res = run_studies("toy-pruned", url, TOY_SPACE, Toy(), (0.99, 0.05), trials=6, seed=0, prune=True)
+    pruned = [t for t in res.trials if t.state == "pruned"]
+    assert len(pruned) == 6 and len(res.complete) == 1 and not res.feasible
+    sel = res.selected
+    closest = min(pruned, key=lambda t: t.violation)  # the reference: by hand over the pruned trials
+    assert sel.params == closest.params and sel.attrs[CLOSEST] == closest.number and sel.number == 6
+    # in full: the toy's exact rates at that w (blocks() rounds to 1/100)
+    w = sel.params["w"]
+    assert sel.refusal == pytest.approx(round(min(1.0, w / 2) * N_FULL) / N_FULL)
+    assert sel.overrefusal == pytest.approx(round(w / 10 * N_FULL) / N_FULL) and sel.rouge_l == pytest.approx(1 - w / 4)
+    text = describe_selection(Outcome(res, {}))
+    assert "NO trial meets the constraints" in text and "every trial was pruned, so the closest" in text
+    again = run_studies("toy-pruned", url, TOY_SPACE, Toy(), (0.99, 0.05), trials=6, seed=0, prune=True)
+    assert len(again.trials) == 7 and again.selected.params == sel.params
+
+
 def test_resume_continues_the_same_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
     first = run_studies("toy", url, TOY_SPACE, Toy(), TARGETS, trials=5, seed=0, key={"a": 1})

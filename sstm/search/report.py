@@ -13,6 +13,7 @@ from sstm.plot import check_path
 from sstm.registry import write_whole
 from sstm.render import p_text, signed
 from sstm.search.run import Outcome
+from sstm.search.study import CLOSEST
 
 CALIBRATION_METRICS = (("refusal", "jailbreak", "refusal"), ("over-refusal", "overrefusal", "overrefusal"),
                        ("ROUGE-L", "rouge_l", "rouge_l"))  # (name, test metric, TrialRecord field)
@@ -42,8 +43,11 @@ def describe_selection(out: Outcome) -> str:
             f"ROUGE-L {sel.rouge_l:.3f} on calibration"
     if r.feasible:
         return f"selected {where} (highest ROUGE-L of {sum(t.feasible for t in r.complete)} feasible trials)"
+    how = (f"; every trial was pruned, so the closest on what it read ({sel.method} trial "
+           f"{sel.attrs[CLOSEST]}) was run again in full" if CLOSEST in sel.attrs else "")
     return (f"NO trial meets the constraints; selected the closest, {where} (total violation {sel.violation:.3f}: "
-            f"refusal short by {max(sel.constraints[0], 0):.3f}, over-refusal above by {max(sel.constraints[1], 0):.3f})")
+            f"refusal short by {max(sel.constraints[0], 0):.3f}, over-refusal above by {max(sel.constraints[1], 0):.3f}"
+            f"{how})")
 
 
 def deltas_text(deltas: dict) -> str:

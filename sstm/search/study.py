@@ -125,6 +125,36 @@ def select(complete: list[TrialRecord]) -> TrialRecord | None:
     return min(complete, key=lambda t: (t.violation, -t.rouge_l, t.number))
 
 
+def _record(method: str, t) -> TrialRecord:
+    from optuna.trial import TrialState
+
+    a = t.user_attrs
+    return TrialRecord(method, t.number, "complete" if t.state == TrialState.COMPLETE else "pruned", dict(t.params),
+                       a.get("refusal"), a.get("overrefusal"), a.get("rouge_l"), int(a.get("prompts", 0)),
+                       a.get("model", ""), tuple(constraints(t)), dict(a))
+
+
+CLOSEST = "closest_of_pruned"  # user attr of the trial that finish_closest ran in full
+
+
+def finish_closest(studies: dict, spaces_: dict[str, dict[str, Range]], scorer: Scorer,
+                   targets: tuple[float, float], pruned: list[TrialRecord]) -> TrialRecord:
+    """Every trial was pruned, so none has all three scores to select on: the pruned trial closest to the
+    constraints on what it read (its total violation; a split it did not read counts 0, so this is a lower
+    bound) is run once more in full, without pruning, as one extra trial of its study (its params enqueued;
+    its merge and evals are cache hits where already built). It is then a complete, infeasible trial and
+    :func:`select` picks it as the closest; the output says it was the closest of pruned trials."""
+    closest = min(pruned, key=lambda t: (t.violation, t.method, t.number))
+    info(f"search: every trial was pruned; running the closest ({closest.method} trial {closest.number}, "
+         f"violation ≥ {closest.violation:.3f} on what it read) in full")
+    study = studies[closest.method]
+    study.enqueue_trial(closest.params, user_attrs={CLOSEST: closest.number})
+    space = spaces_[closest.method]
+    study.optimize(lambda t: objective(t, closest.method, space, scorer, targets, prune=False), n_trials=1,
+                   gc_after_trial=False)
+    return _record(closest.method, study.trials[-1])
+
+
 def open_storage(home: Path, storage: str | None):
     """optuna's RDB storage at `storage` (default: ``sqlite:///<home>/search.db``), opened (and its schema
     made) before any work, so a bad URL is one line at once."""
@@ -167,9 +197,9 @@ def run_studies(name: str, storage: str, spaces_: dict[str, dict[str, Range]], s
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     done_states = (TrialState.COMPLETE, TrialState.PRUNED)
-    t0, records = time.time(), []
+    t0, records, studies = time.time(), [], {}
     for method, space in spaces_.items():
-        study = open_study(f"{name}:{method}", storage, seed, (key or {}) | {"method": method})
+        study = studies[method] = open_study(f"{name}:{method}", storage, seed, (key or {}) | {"method": method})
         have = len(study.get_trials(deepcopy=False, states=done_states))
         left = None if trials is None else trials - have
         if left is None or left > 0:
@@ -177,11 +207,9 @@ def run_studies(name: str, storage: str, spaces_: dict[str, dict[str, Range]], s
             study.optimize(lambda t, method=method, space=space: objective(t, method, space, scorer, targets, prune),
                            n_trials=left, timeout=timeout, gc_after_trial=False,
                            callbacks=[MaxTrialsCallback(trials, states=done_states)] if trials else None)
-        for t in study.get_trials(deepcopy=False, states=done_states):
-            a = t.user_attrs
-            records.append(TrialRecord(method, t.number, "complete" if t.state == TrialState.COMPLETE else "pruned",
-                                       dict(t.params), a.get("refusal"), a.get("overrefusal"), a.get("rouge_l"),
-                                       int(a.get("prompts", 0)), a.get("model", ""), tuple(constraints(t)), dict(a)))
+        records += [_record(method, t) for t in study.get_trials(deepcopy=False, states=done_states)]
+    if records and not any(t.state == "complete" for t in records):
+        records.append(finish_closest(studies, spaces_, scorer, targets, records))
     sel = select([t for t in records if t.state == "complete"])
     result = SearchResult(name, targets, records, sel, sel is not None and sel.feasible, time.time() - t0)
     result.pareto = pareto_front([[t.rouge_l, t.refusal, -t.overrefusal] for t in result.complete])

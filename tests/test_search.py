@@ -125,6 +125,28 @@ def test_all_pruned_runs_the_closest_in_full_and_selects_it(tmp_path):
     assert len(again.trials) == 7 and again.selected.params == sel.params
 
 
+def test_knob_importance_names_the_knob_that_moves_the_violation():
+    """The toy's scores depend on w alone: TA's layer-group factors, drawn beside it, move nothing, so PED-ANOVA's
+    share of w in the total violation exceeds each of theirs, and the report names w first when nothing is
+    feasible."""
+    from sstm.search.report import importance, report_text, summary_json
+    from sstm.search.run import Outcome
+
+    for seed in (0, 1, 2):
+        res = run_studies("toy-imp", None, spaces(["ta"]), Toy(), (0.99, 0.05), trials=24, seed=seed, prune=False)
+        assert not res.feasible
+        imp = importance(res)["ta"]
+        assert set(imp) == {"w", "lw_lm_head", "lw_attention", "lw_mlp"}
+        assert imp["w"] > 0.5 and max(v for k, v in imp.items() if k != "w") < 0.25
+    out = Outcome(res, {"min_refusal": 0.99, "max_overrefusal": 0.05})
+    assert "what moved the total violation most (PED-ANOVA over each method's finished trials): ta: w " in report_text(out)
+    assert summary_json(out)["importance"] == {"ta": imp}
+    # a space the registry does not know ("toy"): read from the given ranges, or nothing claimed
+    toy = run_studies("toy-imp2", None, {"toy": {"w": Range(0.0, 4.0), "z": Range(0.0, 1.0)}}, Toy(), (0.99, 0.05),
+                      trials=12, seed=0, prune=False)
+    assert importance(toy) == {} and importance(toy, {"toy": {"w": Range(0.0, 4.0), "z": Range(0.0, 1.0)}})
+
+
 def test_resume_continues_the_same_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
     first = run_studies("toy", url, TOY_SPACE, Toy(), TARGETS, trials=5, seed=0, key={"a": 1})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sstm.merge import METHODS
 from sstm.merge.layer_weights import GROUPS
 from sstm.plot import check_path
 from sstm.registry import write_whole
@@ -31,7 +32,50 @@ def summary_json(out: Outcome) -> dict:
             "selected": None if sel is None else sel.brief() | {"feasible": r.feasible,
                                                                 "artifact": out.artifact.id if out.artifact else None},
             "best_ta": None if out.ta is None else out.ta.brief(),
-            "test": out.test, "delta_vs_best_ta": out.deltas, "delta_vs": out.vs_deltas}
+            "test": out.test, "delta_vs_best_ta": out.deltas, "delta_vs": out.vs_deltas,
+            "importance": {} if r.feasible else importance(r)}
+
+
+def _distribution(rng):
+    """A knob's :class:`~sstm.merge.space.Range` as the optuna distribution it is drawn from."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if rng.kind == "categorical":
+        return CategoricalDistribution(list(rng.choices))
+    if rng.kind == "int":
+        return IntDistribution(int(rng.low), int(rng.high), log=rng.log, step=int(rng.step or 1))
+    return FloatDistribution(float(rng.low), float(rng.high), log=rng.log, step=rng.step)
+
+
+def importance(result, spaces_: dict | None = None) -> dict[str, dict[str, float]]:
+    """Method -> knob -> its share of what moved the total violation Σ max(c, 0) over the method's finished
+    trials (optuna's PED-ANOVA importance, the best quarter against all, no extra model to fit; a pruned trial's
+    violation is a lower bound, an unread split counting 0): which knob to look at when no trial is feasible.
+    Noisy at a few dozen trials: on a toy that only w moves, idle knobs got up to 0.24 over 24 trials (seeds
+    0–2, tests/test_search.py), so only a share well above that says something. `spaces_`: each
+    method's ranges (default: :func:`sstm.search.space.spaces`). A method with fewer than 4 finished trials,
+    or one violation for all, is left out."""
+    import optuna
+
+    from sstm.search.space import spaces
+
+    out = {}
+    for method in dict.fromkeys(t.method for t in result.trials):
+        done = [t for t in result.trials if t.method == method]
+        if len(done) < 4 or len({round(t.violation, 12) for t in done}) < 2:
+            continue
+        space = (spaces_ or {}).get(method) or (spaces([method])[method] if method in METHODS else {})
+        dists = {k: _distribution(space[k]) for k in done[0].params if k in space}
+        if not dists:
+            continue
+        study = optuna.create_study(direction="minimize")
+        for t in done:
+            study.add_trial(optuna.trial.create_trial(params={k: v for k, v in t.params.items() if k in dists},
+                                                      distributions=dists, value=t.violation))
+        imp = optuna.importance.get_param_importances(  # the top quarter as "good": on a toy whose idle knobs
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(target_quantile=0.25))  # get <= 0.24
+        out[method] = {k: float(v) for k, v in imp.items()}
+    return out
 
 
 def describe_selection(out: Outcome) -> str:
@@ -77,6 +121,11 @@ def report_text(out: Outcome) -> str:
                      + deltas_text(out.deltas))
     elif out.ta is not None and out.ta.model == (r.selected.model if r.selected else None):
         lines.append("the selection is the best TA trial: no paired Δ")
+    if r.trials and not r.feasible:
+        moved = importance(r)
+        if moved:
+            lines.append("what moved the total violation most (PED-ANOVA over each method's finished trials): " + "; ".join(
+                f"{m}: " + ", ".join(f"{k} {v:.2f}" for k, v in list(imp.items())[:3]) for m, imp in moved.items()))
     for model, deltas in out.vs_deltas.items():
         label = out.test.get("vs", {}).get(model, {}).get("label", "")
         lines.append(f"paired Δ on the test split (points), selection − {model[:12]} {label}".rstrip() + ": "

@@ -34,6 +34,7 @@ from _common import ROOT, write_result
 
 from sstm.data.safety import DIRECT_FRACTION, calibration_data
 from sstm.evaluate import EvalConfig, evaluate
+from sstm.evaluate.judge import DEFAULT_JUDGE
 from sstm.evaluate.record import read_samples
 from sstm.models import resolve_base
 from sstm.presets import PRESETS
@@ -89,12 +90,12 @@ def rate(scores: list[float]) -> dict:
     return {"n": len(scores), "rate": p, "wilson95": [lo, hi]}
 
 
-def measure(reg: Registry, model: str, data: dict, samples: int, preset) -> dict:
+def measure(reg: Registry, model: str, data: dict, samples: int, preset, judge: str = DEFAULT_JUDGE) -> dict:
     """Refusal on the calibration harmful rows (direct, wrapped) and over-refusal on the benign ones."""
     ev = {a.params["suite"]: a for a in evaluate(reg, EvalConfig(
         model=model, suites=("jailbreak", "overrefusal"), samples=samples, data=data,
         max_new_tokens=preset.eval["max_new_tokens"], max_context_tokens=preset.eval["max_context_tokens"],
-        device="cpu"))}
+        judge=judge, device="cpu"))}
     jb, br = read_samples(ev["jailbreak"]), read_samples(ev["overrefusal"])
     by_cat: dict[str, list[float]] = {}
     for r in br:
@@ -124,6 +125,7 @@ def main() -> None:
                     help="cross the grid with these training objectives")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                     help="the training (max_len, lr) and eval settings the grid varies around")
+    ap.add_argument("--judge", default=DEFAULT_JUDGE, help=f"refusal judge of every eval (default: {DEFAULT_JUDGE})")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sweep_safety.json")
     args = ap.parse_args()
     grid = [replace(s, **({"rank": r} if r else {}), **({"objective": o} if o else {}))
@@ -137,7 +139,7 @@ def main() -> None:
     for before in args.before:
         adapter = reg.get(before, kind="adapter")
         runs.append({"setting": "before", "adapter": adapter.id, "adapter_params": adapter.params,
-                     **measure(reg, adapter.id, data, args.samples, preset)})
+                     **measure(reg, adapter.id, data, args.samples, preset, args.judge)})
     for s in grid:
         t0 = time.perf_counter()
         cfg = TrainConfig(role="safety", device="cpu", **fixed, samples=s.samples, benign_fraction=s.benign_fraction, epochs=s.epochs,
@@ -145,7 +147,7 @@ def main() -> None:
                           alpha=2 * s.rank, objective=s.objective, beta=s.beta, dpo_lr=s.dpo_lr)
         adapter = train(reg, cfg)
         runs.append({"setting": asdict(s), "adapter": adapter.id, "train_seconds": round(time.perf_counter() - t0, 1),
-                     **measure(reg, adapter.id, data, args.samples, preset)})
+                     **measure(reg, adapter.id, data, args.samples, preset, args.judge)})
         print(f"{s.name()}: direct {fmt(runs[-1]['refusal_direct'])}  wrapped {fmt(runs[-1]['refusal_wrapped'])}  "
               f"over-refusal {fmt(runs[-1]['overrefusal'])}  non-answers {fmt(runs[-1]['non_answer_harmful'])} / "
               f"{fmt(runs[-1]['non_answer_benign'])}", flush=True)
@@ -157,7 +159,7 @@ def main() -> None:
     write_result({"split": "calibration", "data": {k: a.id for k, a in data.items()}, "samples_per_suite": args.samples,
                   args.preset: {"train": dict(preset.train), "eval_max_new_tokens": preset.eval["max_new_tokens"],
                                 "eval_max_context_tokens": preset.eval["max_context_tokens"]},
-                  "judge": "opening-v1", "runs": runs}, args.out)
+                  "judge": args.judge, "runs": runs}, args.out)
 
 
 if __name__ == "__main__":

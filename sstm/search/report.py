@@ -14,6 +14,7 @@ from sstm.plot import check_path
 from sstm.registry import write_whole
 from sstm.render import p_text, signed
 from sstm.search.run import Outcome
+from sstm.search.space import spaces
 from sstm.search.study import CLOSEST
 
 CALIBRATION_METRICS = (("refusal", "jailbreak", "refusal"), ("over-refusal", "overrefusal", "overrefusal"),
@@ -56,8 +57,6 @@ def importance(result, spaces_: dict | None = None) -> dict[str, dict[str, float
     method's ranges (default: :func:`sstm.search.space.spaces`). A method with fewer than 4 finished trials,
     or one violation for all, is left out."""
     import optuna
-
-    from sstm.search.space import spaces
 
     out = {}
     for method in dict.fromkeys(t.method for t in result.trials):

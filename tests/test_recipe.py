@@ -75,7 +75,7 @@ def test_bad_recipes_are_one_line_errors(tmp_path, text, needle):
 
 
 def test_a_run_records_its_recipe(home, monkeypatch):
-    monkeypatch.setattr(sstm.pipeline, "run", lambda reg, cfg: [])
+    monkeypatch.setattr(sstm.pipeline, "run", lambda reg, cfg: sstm.pipeline.Ran([]))
     result = runner.invoke(app, ["run", "--quick", "--k", "8"])
     assert result.exit_code == 0, result.output
     saved = list((home / recipe.RUNS_DIR).glob("*.yaml"))
